@@ -1,0 +1,181 @@
+"""Terminology from rules/concepts.yaml: codes and text synonyms to concept ids, units to canonical units.
+
+Built once at start-up into plain dictionaries so that a request does only lookups.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+CODE_STATUSES = ("v", "s", "u")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitConversion:
+    offset: float
+    factor: float
+
+    def apply(self, value: float) -> float:
+        return (value + self.offset) * self.factor
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementConcept:
+    concept: str
+    canonical_unit: str
+    conversions: Mapping[str, UnitConversion]
+    plausible_min: float
+    plausible_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRef:
+    system: str
+    code: str
+    status: str
+    level: str  # "ingredient" or "product"
+
+
+@dataclass(frozen=True)
+class TextMatcher:
+    """Whole-word, case-insensitive synonym matching; the longest synonym wins at a position."""
+
+    pattern: re.Pattern[str] | None
+    concept_of: Mapping[str, str]
+
+    @classmethod
+    def build(cls, synonyms: Mapping[str, str]) -> "TextMatcher":
+        if not synonyms:
+            return cls(None, {})
+        ordered = sorted(synonyms, key=len, reverse=True)
+        alternation = "|".join(re.escape(word) for word in ordered)
+        return cls(re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE), dict(synonyms))
+
+    def match(self, text: str | None) -> str | None:
+        if not text or self.pattern is None:
+            return None
+        found = self.pattern.search(text)
+        return self.concept_of[found.group(0).lower()] if found else None
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    by_code: Mapping[tuple[str, str], str]
+    text: TextMatcher
+
+
+@dataclass(frozen=True)
+class Terminology:
+    version: str
+    systems: Mapping[str, str]
+    unit_aliases: Mapping[str, str]
+    measurements: Mapping[str, MeasurementConcept]
+    measurement_by_code: Mapping[tuple[str, str], str]
+    panel_codes: frozenset[tuple[str, str]]
+    coded_by_code: Mapping[tuple[str, str], tuple[str, str]]  # code -> (concept, value set name)
+    value_sets: Mapping[str, ValueSet]
+    medication_by_code: Mapping[tuple[str, str], str]
+    medication_text: TextMatcher
+    medication_codes: Mapping[str, tuple[CodeRef, ...]]
+    groups: Mapping[str, frozenset[str]]
+    dose_conversions: Mapping[str, UnitConversion]  # medication doses to mg
+    all_codes: Mapping[str, tuple[CodeRef, ...]] = field(default_factory=dict)
+
+    def members(self, names: Iterable[str]) -> frozenset[str]:
+        """Concept ids named directly or through a medication group."""
+        result: set[str] = set()
+        for name in names:
+            result |= self.groups.get(name, frozenset({name}))
+        return frozenset(result)
+
+    def ingredient_coding(self, concept: str) -> CodeRef | None:
+        """The ingredient-level code to put in outputs, preferring verified codes."""
+        refs = [ref for ref in self.medication_codes.get(concept, ()) if ref.level == "ingredient"]
+        refs.sort(key=lambda ref: CODE_STATUSES.index(ref.status))
+        return refs[0] if refs else None
+
+
+def _codes(entries: Iterable[Mapping[str, Any]], systems: Mapping[str, str]) -> list[CodeRef]:
+    refs = []
+    for entry in entries:
+        system = systems.get(entry["system"], entry["system"])
+        refs.append(CodeRef(system, str(entry["code"]), entry.get("status", "u"), entry.get("level", "ingredient")))
+    return refs
+
+
+def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Terminology:
+    """Compile the parsed concepts.yaml into lookup tables."""
+    systems = dict(document["systems"])
+    systems["cartox"] = f"{canonical_base}/CodeSystem/cartox"
+    kinds = document["quantity_kinds"]
+
+    measurements: dict[str, MeasurementConcept] = {}
+    measurement_by_code: dict[tuple[str, str], str] = {}
+    all_codes: dict[str, tuple[CodeRef, ...]] = {}
+    for concept, spec in document["measurements"].items():
+        kind = kinds[spec["kind"]]
+        conversions = {
+            unit: UnitConversion(float(conv.get("offset", 0.0)), float(conv["factor"]))
+            for unit, conv in kind["units"].items()
+        }
+        measurements[concept] = MeasurementConcept(
+            concept, kind["canonical"], conversions, float(spec["plausible"]["min"]), float(spec["plausible"]["max"])
+        )
+        refs = _codes(spec["codes"], systems)
+        all_codes[concept] = tuple(refs)
+        for ref in refs:
+            measurement_by_code[(ref.system, ref.code)] = concept
+
+    panel_codes = frozenset((ref.system, ref.code) for ref in _codes(document.get("panels", []), systems))
+
+    value_sets: dict[str, ValueSet] = {}
+    for name, members in document.get("value_sets", {}).items():
+        by_code: dict[tuple[str, str], str] = {}
+        synonyms: dict[str, str] = {}
+        for concept, spec in members.items():
+            for ref in _codes(spec.get("codes", []), systems):
+                by_code[(ref.system, ref.code)] = concept
+            for word in spec.get("text", []):
+                synonyms[word.lower()] = concept
+        value_sets[name] = ValueSet(by_code, TextMatcher.build(synonyms))
+
+    coded_by_code: dict[tuple[str, str], tuple[str, str]] = {}
+    for concept, spec in document.get("coded_observations", {}).items():
+        refs = _codes(spec["codes"], systems)
+        all_codes[concept] = tuple(refs)
+        for ref in refs:
+            coded_by_code[(ref.system, ref.code)] = (concept, spec["values"])
+
+    medication_by_code: dict[tuple[str, str], str] = {}
+    medication_codes: dict[str, tuple[CodeRef, ...]] = {}
+    synonyms = {}
+    for concept, spec in document["medications"].items():
+        refs = _codes(spec.get("codes", []), systems)
+        medication_codes[concept] = tuple(refs)
+        for ref in refs:
+            medication_by_code[(ref.system, ref.code)] = concept
+        for word in spec.get("text", []):
+            synonyms[word.lower()] = concept
+
+    groups = {name: frozenset(members) for name, members in document.get("medication_groups", {}).items()}
+    return Terminology(
+        version=str(document["version"]),
+        systems=systems,
+        unit_aliases={str(k): str(v) for k, v in document.get("unit_aliases", {}).items()},
+        measurements=measurements,
+        measurement_by_code=measurement_by_code,
+        panel_codes=panel_codes,
+        coded_by_code=coded_by_code,
+        value_sets=value_sets,
+        medication_by_code=medication_by_code,
+        medication_text=TextMatcher.build(synonyms),
+        medication_codes=medication_codes,
+        groups=groups,
+        dose_conversions={
+            unit: UnitConversion(float(conv.get("offset", 0.0)), float(conv["factor"]))
+            for unit, conv in kinds["medication-mass"]["units"].items()
+        },
+        all_codes=all_codes,
+    )

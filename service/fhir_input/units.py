@@ -1,0 +1,52 @@
+"""UCUM unit normalisation to each concept's canonical unit, with plausibility checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.fhir_input.concepts import MeasurementConcept, Terminology
+from service.fhir_input.decode import Quantity
+
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    code: str  # dropped-unit | dropped-implausible | dropped-value
+    reason: str
+
+
+def unit_code(quantity: Quantity, terminology: Terminology) -> str | None:
+    """The UCUM code of a quantity: its code when UCUM-coded, else its display unit through the aliases."""
+    aliases = terminology.unit_aliases
+    if quantity.code and (quantity.system in (None, UCUM_SYSTEM)):
+        return aliases.get(quantity.code, quantity.code)
+    if quantity.unit:
+        return aliases.get(quantity.unit, quantity.unit)
+    return None
+
+
+def normalise(quantity: Quantity, concept: MeasurementConcept, terminology: Terminology) -> Normalised | Rejected:
+    """Convert to the concept's canonical unit; reject unknown units and implausible values."""
+    if quantity.value is None:
+        return Rejected("dropped-value", "no value")
+    code = unit_code(quantity, terminology)
+    if code is None:
+        return Rejected("dropped-unit", f"{quantity.value} has no unit")
+    conversion = concept.conversions.get(code)
+    if conversion is None:
+        return Rejected("dropped-unit", f"unit {code!r} cannot be converted to {concept.canonical_unit}")
+    value = conversion.apply(quantity.value)
+    if not concept.plausible_min <= value <= concept.plausible_max:
+        return Rejected(
+            "dropped-implausible",
+            f"{quantity.value:g} {code} = {value:.4g} {concept.canonical_unit} is outside the plausible range "
+            f"{concept.plausible_min:g}–{concept.plausible_max:g} {concept.canonical_unit}",
+        )
+    return Normalised(value, concept.canonical_unit)

@@ -1,0 +1,402 @@
+"""The closed vocabulary of condition types: each a small compiler that turns a rule's criterion into a
+callable `(Context, Window) -> Result`. Rules hold every clinical number; these functions hold none.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable, Mapping
+
+from service.errors import RulesError
+from service.fhir_input.concepts import Terminology
+from service.rules_engine.model import Result, Window
+from service.timeline.facts import Administration, CodedValue, Measurement, Timeline
+
+Evaluator = Callable[["Context", Window], Result]
+CandidateTimes = Callable[["Context", Window], Iterable[datetime]]
+
+_FAR_PAST = datetime.min.replace(year=1900)
+
+
+@dataclass
+class Context:
+    """Per-request evaluation state: the timeline, the patient's age and a memo of criterion results."""
+
+    timeline: Timeline
+    terminology: Terminology
+    criteria: Mapping[str, "Compiled"]
+    memo: dict[tuple[str, datetime, datetime], Result] = field(default_factory=dict)
+    cache: dict[tuple[str, datetime, datetime], Any] = field(default_factory=dict)  # evaluators' own work
+
+    def result(self, name: str, window: Window) -> Result:
+        key = (name, window.start, window.end)
+        found = self.memo.get(key)
+        if found is None:
+            found = self.criteria[name].evaluate(self, window)
+            self.memo[key] = found
+        return found
+
+    def since_day_zero(self, end: datetime) -> Window:
+        day_zero = self.timeline.day_zero
+        if day_zero is not None:
+            return Window(day_zero.time, end)
+        return Window(_FAR_PAST.replace(tzinfo=end.tzinfo), end)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    name: str
+    label: str
+    evaluate: Evaluator
+    candidate_times: CandidateTimes  # ends of windows where this criterion can turn positive
+
+
+class Compiler:
+    """Resolves `{param: name}` references and concept names while compiling one rule file."""
+
+    def __init__(self, rule_id: str, params: Mapping[str, Any], terminology: Terminology) -> None:
+        self.rule_id = rule_id
+        self.params = params
+        self.terms = terminology
+
+    def value(self, spec: Any) -> Any:
+        if isinstance(spec, dict) and set(spec) == {"param"}:
+            name = spec["param"]
+            if name not in self.params:
+                raise RulesError(self.rule_id, f"unknown parameter {name!r}")
+            return self.params[name]
+        return spec
+
+    def number(self, spec: Any) -> float:
+        value = self.value(spec)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RulesError(self.rule_id, f"expected a number, got {value!r}")
+        return float(value)
+
+    def medications(self, names: list[str]) -> frozenset[str]:
+        members = self.terms.members(names)
+        unknown = sorted(m for m in members if m not in self.terms.medication_codes)
+        if unknown:
+            raise RulesError(self.rule_id, f"unknown medication concepts {unknown}")
+        return members
+
+    def measurement(self, concept: str) -> str:
+        if concept not in self.terms.measurements:
+            raise RulesError(self.rule_id, f"unknown measurement concept {concept!r}")
+        return concept
+
+    def threshold(self, spec: Any) -> Callable[[int | None], tuple[float, str | None]]:
+        """A fixed threshold, or one by age band: returns (value, note about the age used)."""
+        spec = self.value(spec)
+        if not (isinstance(spec, dict) and "by_age" in spec):
+            fixed = self.number(spec)
+            return lambda _age: (fixed, None)
+        bands = [(self.number(b["below_years"]), self.number(b["value"]), self.number(b.get("per_year", 0))) for b in spec["by_age"]]
+        default = self.number(spec["default"])
+
+        def by_age(age: int | None) -> tuple[float, str | None]:
+            if age is None:
+                return default, "age unknown: adult threshold used"
+            for below, base, per_year in bands:
+                if age < below:
+                    return base + per_year * age, None
+            return default, None
+
+        return by_age
+
+
+_COMPARATORS: dict[str, Callable[[float, float], bool]] = {
+    "ge": lambda value, limit: value >= limit,
+    "gt": lambda value, limit: value > limit,
+    "le": lambda value, limit: value <= limit,
+    "lt": lambda value, limit: value < limit,
+}
+
+_SYMBOLS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _in_window(timeline: Timeline, concept: str, window: Window) -> tuple[Measurement, ...]:
+    """Measurements of a concept in (start, end], date-only values excluded (they have no hour)."""
+    facts = timeline.measurements.get(concept)
+    if not facts:
+        return ()
+    times = timeline.measurement_times[concept]
+    selected = facts[bisect_right(times, window.start): bisect_right(times, window.end)]
+    return tuple(f for f in selected if not f.date_only)
+
+
+def _administrations(timeline: Timeline, concepts: frozenset[str], window: Window) -> list[Administration]:
+    """Administrations running at any moment of (start, end]: points inside it, intervals overlapping it."""
+    found = []
+    for concept in concepts:
+        for fact in timeline.administrations.get(concept, ()):
+            if fact.time > window.end:
+                break
+            end = fact.end_or(window.end)
+            if end > window.start or (fact.time == end and window.contains(fact.time)):
+                found.append(fact)
+    return found
+
+
+# --- condition types ------------------------------------------------------------------------------
+
+def measurement_threshold(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    concept = c.measurement(spec["concept"])
+    compare = _COMPARATORS[spec["comparator"]]
+    threshold = c.threshold(spec["threshold"])
+    unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        facts = _in_window(ctx.timeline, concept, window)
+        if not facts:
+            if unknown_when_missing:
+                return Result(None, missing=f"no {concept} recorded in {_describe(window)}")
+            return Result(False)
+        limit, note = threshold(ctx.timeline.age_years())
+        matching = tuple(f for f in facts if compare(f.value, limit))
+        notes = (note,) if note else ()
+        if matching:
+            return Result(True, matching, matching[0].time, matching[-1].time, notes)
+        extreme = max(facts, key=lambda f: f.value) if spec["comparator"] in ("ge", "gt") else min(facts, key=lambda f: f.value)
+        return Result(False, (extreme,), notes=notes)
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        result = ctx.result(spec["_name"], window)
+        return [f.time for f in result.evidence] if result.value else []
+
+    return evaluate, candidates
+
+
+def first_occurrence(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    criterion = spec["criterion"]
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        inner = ctx.result(criterion, ctx.since_day_zero(window.end))
+        if not inner.value or inner.first_positive is None:
+            return Result(False)
+        first = next(f for f in inner.evidence if f.time == inner.first_positive)
+        return Result(True, (first,), inner.first_positive, inner.first_positive)
+
+    return evaluate, lambda ctx, window: ()
+
+
+def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    onset_name = spec["onset"]
+    medications = c.medications(spec["medications"])
+    lapse = timedelta(hours=c.number(spec["lapse_hours"]))
+    renewed_by = list(spec.get("renewed_by", []))
+
+    def therapies(ctx: Context, window: Window) -> tuple[datetime | None, list[Administration]]:
+        onset = ctx.result(onset_name, window)
+        if not onset.value or onset.first_positive is None:
+            return None, []
+        after = Window(onset.first_positive - timedelta(microseconds=1), window.end)
+        given = [a for a in _administrations(ctx.timeline, medications, after) if a.time >= onset.first_positive]
+        return onset.first_positive, given
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        onset_time, given = therapies(ctx, window)
+        if not given:
+            return Result(False)
+        since_onset = Window(onset_time, window.end)
+        last_evidence = max(a.time for a in given)
+        for name in renewed_by:
+            renewal = ctx.result(name, since_onset)
+            if renewal.value and renewal.last_positive and renewal.last_positive > last_evidence:
+                last_evidence = renewal.last_positive
+        if window.end - last_evidence > lapse:
+            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence since {last_evidence.isoformat()}",))
+        given.sort(key=lambda a: a.time)
+        return Result(True, (given[0], given[-1]) if len(given) > 1 else tuple(given), given[0].time, given[-1].time)
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        return [a.time for a in therapies(ctx, window)[1]]
+
+    return evaluate, candidates
+
+
+def concurrent_administrations(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    medications = c.medications(spec["medications"])
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        running = _administrations(ctx.timeline, medications, window)
+        if not running:
+            return Result(0)
+        best: list[Administration] = []
+        # The most distinct agents running at one instant: check each start (clipped to the window).
+        for anchor in running:
+            moment = max(anchor.time, window.start)
+            at_once = [a for a in running if a.time <= moment <= a.end_or(window.end)]
+            agents = {a.concept for a in at_once}
+            if len(agents) > len({a.concept for a in best}):
+                best = at_once
+        count = len({a.concept for a in best})
+        last = max(min(a.end_or(window.end), window.end) for a in running)
+        return Result(float(count), tuple(sorted(best, key=lambda a: a.time)), min(a.time for a in running), last)
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        return [max(a.time, window.start + timedelta(microseconds=1)) for a in _administrations(ctx.timeline, medications, window)]
+
+    return evaluate, candidates
+
+
+def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    concept = c.measurement(spec["concept"])
+    compare = _COMPARATORS[spec["comparator"]]
+    symbol = _SYMBOLS[spec["comparator"]]
+    threshold = c.threshold(spec["threshold"])
+    min_readings = int(c.number(spec["min_readings"]))
+    min_span = timedelta(minutes=c.number(spec["min_span_minutes"]))
+    follow = spec.get("or_followed_by")
+    follow_meds = c.medications(follow["medications"]) if follow else frozenset()
+    follow_within = timedelta(hours=c.number(follow["within_hours"])) if follow else timedelta(0)
+    unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        facts = _in_window(ctx.timeline, concept, window)
+        if not facts:
+            if unknown_when_missing:
+                return Result(None, missing=f"no {concept} recorded in {_describe(window)}")
+            return Result(False)
+        limit, note = threshold(ctx.timeline.age_years())
+        notes = (note,) if note else ()
+        low = [f for f in facts if compare(f.value, limit)]
+        if not low:
+            return Result(False, (min(facts, key=lambda f: f.value),), notes=notes)
+        if len(low) >= min_readings and low[-1].time - low[0].time >= min_span:
+            return Result(True, tuple(low), low[0].time, low[-1].time, notes)
+        if follow_meds:
+            for reading in low:
+                after = Window(reading.time - timedelta(microseconds=1), min(reading.time + follow_within, window.end))
+                boluses = [a for a in _administrations(ctx.timeline, follow_meds, after) if a.time >= reading.time]
+                if boluses:
+                    return Result(True, (reading, boluses[0]), reading.time, boluses[0].time, notes)
+        shown = ", ".join(f"{f.value:g} {f.unit} at {f.time.isoformat()}" for f in low)
+        single = (f"{concept} {symbol} {limit:g}: {shown} — not sustained, reported but not graded",)
+        return Result(False, tuple(low), notes=notes + single)
+
+    def positive_candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        """A window can only turn positive at a low reading or a bolus."""
+        limit, _ = threshold(ctx.timeline.age_years())
+        low = [f.time for f in _in_window(ctx.timeline, concept, window) if compare(f.value, limit)]
+        if not low:
+            return []
+        boluses = [a.time for a in _administrations(ctx.timeline, follow_meds, window)] if follow_meds else []
+        return low + boluses
+
+    return evaluate, positive_candidates
+
+
+def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    device_concept = spec["device_concept"]
+    flow_concept = c.measurement(spec["flow_concept"])
+    presence = [c.measurement(name) for name in spec.get("presence_concepts", [])]
+    device_levels = {name: int(level) for name, level in spec["device_levels"].items()}
+    flow_applies = set(spec["flow_applies_to"])
+    bands = [
+        (c.number(band.get("above", 0)), c.number(band["up_to"]) if "up_to" in band else None, int(band["level"]))
+        for band in spec["flow_bands"]
+    ]
+    recency = timedelta(hours=c.number(spec["device_recency_hours"]))
+    baseline_days = c.number(spec.get("baseline_days_before_day_zero", 0))
+    unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+    name = spec["_name"]
+
+    def flow_level(litres: float) -> int:
+        for above, up_to, level in bands:
+            if litres > above and (up_to is None or litres <= up_to):
+                return level
+        return 0
+
+    def device_at(devices: tuple[CodedValue, ...], times: tuple[datetime, ...], moment: datetime) -> CodedValue | None:
+        """The latest device recorded at or before the moment, if still current."""
+        index = bisect_right(times, moment) - 1
+        if index < 0:
+            return None
+        current = devices[index]
+        if current.ongoing or (current.end is not None and current.end >= moment) or moment - current.time <= recency:
+            return current
+        return None
+
+    def levels(ctx: Context, window: Window) -> tuple[list[tuple[int, Any]], bool]:
+        key = (name + "#levels", window.start, window.end)
+        cached = ctx.cache.get(key)
+        if cached is not None:
+            return cached
+        timeline = ctx.timeline
+        devices = timeline.coded.get(device_concept, ())
+        times = timeline.coded_times.get(device_concept, ())
+        scored: list[tuple[int, Any]] = []
+        first = bisect_right(times, window.start)
+        # Devices with a period may have started before the window and still run in it.
+        for device in devices[:first]:
+            if device.ongoing or (device.end is not None and device.end > window.start):
+                scored.append((device_levels.get(device.value or "", 0), device))
+        for device in devices[first: bisect_right(times, window.end)]:
+            scored.append((device_levels.get(device.value or "", 0), device))
+        for flow in _in_window(timeline, flow_concept, window):
+            device = device_at(devices, times, flow.time)
+            kind = device.value if device is not None and device.value is not None else "unknown"
+            scored.append((flow_level(flow.value) if kind in flow_applies else 0, flow))
+        present = bool(scored) or any(_in_window(timeline, concept, window) for concept in presence)
+        ctx.cache[key] = (scored, present)
+        return scored, present
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        scored, present = levels(ctx, window)
+        if not present:
+            if unknown_when_missing:
+                return Result(None, missing=f"no oxygen data (device, flow or SpO2) in {_describe(window)}")
+            return Result(0)
+        if not scored:
+            return Result(0, notes=("SpO2 recorded without oxygen device or flow: room air assumed",))
+        top = max(level for level, _ in scored)
+        evidence = tuple(fact for level, fact in scored if level == top)
+        positive = [fact.time for level, fact in scored if level >= 2]
+        notes: tuple[str, ...] = ()
+        baseline = _baseline(ctx)
+        if top and baseline and top <= baseline:
+            notes = (f"oxygen support level {top} also used before day 0 (home oxygen): not counted as hypoxia",)
+            return Result(0, evidence, notes=notes)
+        return Result(float(top), evidence, min(positive) if positive else None, max(positive) if positive else None, notes)
+
+    def _baseline(ctx: Context) -> int:
+        day_zero = ctx.timeline.day_zero
+        if day_zero is None or baseline_days <= 0:
+            return 0
+        key = (name + "#baseline", day_zero.time, day_zero.time)
+        if key not in ctx.cache:
+            before = Window(day_zero.time - timedelta(days=baseline_days), day_zero.time - timedelta(microseconds=1))
+            scored, _ = levels(ctx, before)
+            ctx.cache[key] = max((level for level, _ in scored), default=0)
+        return ctx.cache[key]
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        scored, _ = levels(ctx, window)
+        return [max(fact.time, window.start + timedelta(microseconds=1)) for level, fact in scored if level >= 2]
+
+    return evaluate, candidates
+
+
+def _describe(window: Window) -> str:
+    return f"({window.start.isoformat()}, {window.end.isoformat()}]"
+
+
+CONDITION_TYPES: dict[str, Callable[[Mapping[str, Any], Compiler], tuple[Evaluator, CandidateTimes]]] = {
+    "measurement_threshold": measurement_threshold,
+    "first_occurrence": first_occurrence,
+    "therapy_after_onset": therapy_after_onset,
+    "concurrent_administrations": concurrent_administrations,
+    "sustained_measurement": sustained_measurement,
+    "oxygen_support_level": oxygen_support_level,
+}
+
+
+def compile_criterion(name: str, spec: Mapping[str, Any], compiler: Compiler) -> Compiled:
+    kind = spec["type"]
+    if kind not in CONDITION_TYPES:
+        raise RulesError(compiler.rule_id, f"criterion {name!r}: unknown condition type {kind!r}")
+    evaluate, candidates = CONDITION_TYPES[kind]({**spec, "_name": name}, compiler)
+    return Compiled(name, spec.get("label", name), evaluate, candidates)

@@ -1,0 +1,419 @@
+"""Decoded FHIR resources -> one patient's Timeline: statuses, codes, units and times normalised.
+
+Nothing unusable is used silently: every resource or value left out becomes an InputNote.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
+
+from service.errors import InputError, Issue
+from service.fhir_input.concepts import Terminology
+from service.fhir_input.decode import CodeableConcept, DecodedEntry, Resource
+from service.fhir_input.statuses import Use, administration_use, observation_use
+from service.fhir_input.times import DateOnly, TimeError, date_start, parse_fhir_datetime
+from service.fhir_input.units import Normalised, normalise, unit_code
+from service.timeline.facts import Administration, CodedValue, DayZero, InputNote, Measurement, Timeline
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    accept_preliminary: bool = False
+    infusion_override: datetime | None = None
+    infusion_override_date_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedEntry:
+    """A decoded resource with where it came from (for locations in notes and errors)."""
+
+    location: str  # FHIRPath of the resource, e.g. "Bundle.entry[3].resource"
+    full_url: str | None
+    resource: Resource
+
+
+def entries_from_bundle(entries: Iterable[DecodedEntry], root: str = "Bundle") -> list[SourcedEntry]:
+    return [SourcedEntry(f"{root}.entry[{e.index}].resource", e.full_url, e.resource) for e in entries]
+
+
+def _reference_of(entry: SourcedEntry) -> str:
+    resource = entry.resource
+    if resource.id:
+        return f"{resource.resourceType}/{resource.id}"
+    return entry.full_url or entry.location
+
+
+def _relative(reference: str) -> str:
+    """'http://host/fhir/Patient/7' or 'Patient/7/_history/2' -> 'Patient/7'."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else reference
+
+
+class _Builder:
+    def __init__(self, terminology: Terminology, as_of: datetime, options: BuildOptions) -> None:
+        self.terms = terminology
+        self.as_of = as_of
+        self.options = options
+        self.notes: list[InputNote] = []
+        self.ignored_codes: Counter[str] = Counter()
+        self.ignored_statuses: Counter[str] = Counter()
+        self.future = 0
+        self.measurements: dict[str, list[Measurement]] = defaultdict(list)
+        self.coded: dict[str, list[CodedValue]] = defaultdict(list)
+        self.administrations: dict[str, list[Administration]] = defaultdict(list)
+        self.medications: dict[str, Resource] = {}
+        self.references: set[str] = set()
+
+    # --- time -----------------------------------------------------------------------------------
+    def _effective(self, resource: Resource, location: str) -> tuple[datetime, datetime | None, bool, bool] | None:
+        """(start, end, ongoing, date_only) or None when the resource has no usable time (noted)."""
+        try:
+            if resource.effectiveDateTime is not None:
+                start, element = parse_fhir_datetime(resource.effectiveDateTime), "effectiveDateTime"
+                end, ongoing = None, False
+            elif resource.effectiveInstant is not None:
+                start, element = parse_fhir_datetime(resource.effectiveInstant), "effectiveInstant"
+                end, ongoing = None, False
+            elif resource.effectivePeriod is not None and resource.effectivePeriod.start is not None:
+                period = resource.effectivePeriod
+                start, element = parse_fhir_datetime(period.start), "effectivePeriod.start"
+                end = parse_fhir_datetime(period.end) if period.end else None
+                ongoing = period.end is None
+                if isinstance(end, DateOnly):
+                    end = date_start(end.day, start.tzinfo if isinstance(start, datetime) else None)
+            else:
+                self._note("dropped-time", "warning", "no effective time", location)
+                return None
+        except TimeError as exc:
+            self._note("dropped-time", "warning", str(exc), location)
+            return None
+        date_only = isinstance(start, DateOnly)
+        if date_only:
+            start = date_start(start.day, self.as_of.tzinfo)
+        if start > self.as_of:
+            self.future += 1
+            return None
+        return start, end, ongoing, date_only
+
+    def _note(self, code: str, severity: str, message: str, location: str | None) -> None:
+        self.notes.append(InputNote(code, severity, message, location))
+
+    # --- observations ---------------------------------------------------------------------------
+    def observation(self, entry: SourcedEntry) -> None:
+        resource, location = entry.resource, entry.location
+        use = observation_use(resource.status, self.options.accept_preliminary)
+        if use is not Use.COUNT:
+            self._status_note(use, "Observation", resource.status, location)
+            return
+        codings = resource.code.coding if resource.code and resource.code.coding else ()
+        terms = self.terms
+        concept = panel = coded = None
+        for coding in codings:
+            key = (coding.system, coding.code)
+            concept = terms.measurement_by_code.get(key)
+            if concept:
+                break
+            if key in terms.panel_codes:
+                panel = True
+                break
+            coded = terms.coded_by_code.get(key)
+            if coded:
+                break
+        if concept is None and panel is None and coded is None and not resource.component:
+            self.ignored_codes[_code_label(resource.code)] += 1
+            return
+        timing = self._effective(resource, location)
+        if timing is None:
+            return
+        start, end, ongoing, date_only = timing
+        source = _reference_of(entry)
+        used = False
+        if concept is not None:
+            used = self._measurement(concept, resource, start, date_only, source, location) or used
+        elif coded is not None:
+            used = self._coded(coded, resource.valueCodeableConcept, start, end, ongoing, source, location) or used
+        for index, component in enumerate(resource.component or ()):
+            used = self._component(component, index, start, date_only, source, location) or used
+        if used:
+            self.references.add(source)
+        elif concept is None and coded is None and not panel:
+            self.ignored_codes[_code_label(resource.code)] += 1
+
+    def _measurement(self, concept: str, holder, start: datetime, date_only: bool, source: str, location: str) -> bool:
+        quantity = holder.valueQuantity
+        if quantity is None:
+            if getattr(holder, "valueInteger", None) is not None:
+                self._note("dropped-unit", "warning", f"{concept}: integer value without a unit", location)
+            else:
+                self._note("dropped-value", "information", f"{concept}: no value (data absent)", location)
+            return False
+        spec = self.terms.measurements[concept]
+        result = normalise(quantity, spec, self.terms)
+        if not isinstance(result, Normalised):
+            self._note(result.code, "warning", f"{concept}: {result.reason}", location + ".valueQuantity")
+            return False
+        original = f"{quantity.value:g} {unit_code(quantity, self.terms)}"
+        self.measurements[concept].append(
+            Measurement(concept, result.value, result.unit, start, source, original, date_only)
+        )
+        return True
+
+    def _component(self, component, index: int, start: datetime, date_only: bool, source: str, location: str) -> bool:
+        codings = component.code.coding if component.code and component.code.coding else ()
+        path = f"{location}.component[{index}]"
+        for coding in codings:
+            key = (coding.system, coding.code)
+            concept = self.terms.measurement_by_code.get(key)
+            if concept:
+                return self._measurement(concept, component, start, date_only, source, path)
+            coded = self.terms.coded_by_code.get(key)
+            if coded:
+                return self._coded(coded, component.valueCodeableConcept, start, None, False, source, path)
+        return False
+
+    def _coded(self, coded: tuple[str, str], value: CodeableConcept | None, start: datetime,
+               end: datetime | None, ongoing: bool, source: str, location: str) -> bool:
+        concept, value_set_name = coded
+        if value is None:
+            self._note("dropped-value", "warning", f"{concept}: no valueCodeableConcept", location)
+            return False
+        value_set = self.terms.value_sets[value_set_name]
+        match = None
+        for coding in value.coding or ():
+            match = value_set.by_code.get((coding.system, coding.code))
+            if match:
+                break
+        if match is None:
+            match = value_set.text.match(value.text) or next(
+                (value_set.text.match(c.display) for c in value.coding or () if value_set.text.match(c.display)), None
+            )
+        display = _display(value)
+        if match is None:
+            self._note("ignored-code", "warning", f"{concept}: {display!r} is not a known value; treated as unknown", location)
+        self.coded[concept].append(CodedValue(concept, match, display, start, end, ongoing, source))
+        return True
+
+    # --- medication administrations ---------------------------------------------------------------
+    def administration(self, entry: SourcedEntry, contained: dict[str, Resource]) -> None:
+        resource, location = entry.resource, entry.location
+        concept = self._medication_concept(resource, contained)
+        if concept is None:
+            self.ignored_codes[_code_label(resource.medicationCodeableConcept)] += 1
+            return
+        use = administration_use(resource.status)
+        if use is not Use.COUNT:
+            self._status_note(use, f"MedicationAdministration ({concept})", resource.status, location)
+            return
+        timing = self._effective(resource, location)
+        if timing is None:
+            return
+        start, end, ongoing, _date_only = timing
+        if not ongoing and end is None:
+            end = start  # a single administration at a point in time
+        elif ongoing and resource.status != "in-progress":
+            end = start  # completed or stopped without an end: only the start is known
+        dose = None
+        if resource.dosage and resource.dosage.dose:
+            quantity = resource.dosage.dose
+            code = unit_code(quantity, self.terms)
+            conversion = self.terms.dose_conversions.get(code or "")
+            if quantity.value is not None and conversion is not None:
+                dose = conversion.apply(quantity.value)
+        source = _reference_of(entry)
+        display = _display(resource.medicationCodeableConcept) or concept
+        self.administrations[concept].append(
+            Administration(concept, start, end, dose, resource.status or "", display, source)
+        )
+        self.references.add(source)
+
+    def _medication_concept(self, resource: Resource, contained: dict[str, Resource]) -> str | None:
+        concept_of = self._concept_of_codeable
+        if resource.medicationCodeableConcept is not None:
+            return concept_of(resource.medicationCodeableConcept)
+        reference = resource.medicationReference.reference if resource.medicationReference else None
+        if not reference:
+            return None
+        medication = contained.get(reference) or self.medications.get(reference) or self.medications.get(_relative(reference))
+        if medication is not None and medication.code is not None:
+            return concept_of(medication.code)
+        return self.terms.medication_text.match(resource.medicationReference.display)
+
+    def _concept_of_codeable(self, codeable: CodeableConcept) -> str | None:
+        terms = self.terms
+        for coding in codeable.coding or ():
+            concept = terms.medication_by_code.get((coding.system, coding.code))
+            if concept:
+                return concept
+        found = terms.medication_text.match(codeable.text)
+        if found:
+            return found
+        for coding in codeable.coding or ():
+            found = terms.medication_text.match(coding.display)
+            if found:
+                return found
+        return None
+
+    def _status_note(self, use: Use, what: str, status: str | None, location: str) -> None:
+        if use is Use.FLAG:
+            self._note("flagged-status", "warning", f"{what} with status {status!r} not used: check it", location)
+        else:
+            self.ignored_statuses[f"{what.split(' ')[0]} status {status!r}"] += 1
+
+    def summary_notes(self) -> list[InputNote]:
+        notes = []
+        for label, count in sorted(self.ignored_statuses.items()):
+            notes.append(InputNote("ignored-status", "information", f"{label} ignored", None, count))
+        for label, count in sorted(self.ignored_codes.items()):
+            notes.append(InputNote("ignored-code", "information", f"code {label} is not used by the rules", None, count))
+        if self.future:
+            notes.append(
+                InputNote("dropped-future", "information", f"resources after the evaluation time {self.as_of.isoformat()} ignored", None, self.future)
+            )
+        return notes
+
+
+def _display(codeable: CodeableConcept | None) -> str:
+    if codeable is None:
+        return ""
+    if codeable.text:
+        return codeable.text
+    for coding in codeable.coding or ():
+        if coding.display:
+            return coding.display
+    for coding in codeable.coding or ():
+        if coding.code:
+            return coding.code
+    return ""
+
+
+def _code_label(codeable: CodeableConcept | None) -> str:
+    if codeable is None:
+        return "(none)"
+    for coding in codeable.coding or ():
+        if coding.code:
+            system = (coding.system or "").rsplit("/", 1)[-1] or "?"
+            return f"{system}|{coding.code}"
+    return repr(codeable.text or "(none)")
+
+
+def build_timeline(
+    entries: list[SourcedEntry],
+    terminology: Terminology,
+    as_of: datetime,
+    options: BuildOptions,
+    ignored_types: dict[str, list[str]] | None = None,
+) -> Timeline:
+    """Normalise one patient's resources into a Timeline (raises InputError for a second patient)."""
+    builder = _Builder(terminology, as_of, options)
+    patients: list[SourcedEntry] = []
+    observations: list[SourcedEntry] = []
+    administrations: list[SourcedEntry] = []
+    full_url_to_ref: dict[str, str] = {}
+    for entry in entries:
+        kind = entry.resource.resourceType
+        reference = _reference_of(entry)
+        if entry.full_url:
+            full_url_to_ref[entry.full_url] = reference
+        if kind == "Observation":
+            observations.append(entry)
+        elif kind == "MedicationAdministration":
+            administrations.append(entry)
+        elif kind == "Patient":
+            patients.append(entry)
+        elif kind == "Medication":
+            builder.medications[reference] = entry.resource
+            if entry.full_url:
+                builder.medications[entry.full_url] = entry.resource
+
+    patient_ref, patient = _single_patient(patients, observations + administrations, full_url_to_ref)
+    for entry in observations:
+        builder.observation(entry)
+    for entry in administrations:
+        contained = {f"#{r.id}": r for r in entry.resource.contained or () if r.resourceType == "Medication" and r.id}
+        builder.administration(entry, contained)
+
+    notes = builder.notes + builder.summary_notes()
+    for kind, locations in sorted((ignored_types or {}).items()):
+        notes.append(InputNote("ignored-resource-type", "information", f"{kind} is not used by the rules", None, len(locations)))
+
+    birth_date = None
+    deceased = False
+    if patient is not None:
+        if patient.birthDate:
+            try:
+                parsed = parse_fhir_datetime(patient.birthDate)
+                birth_date = parsed.day if isinstance(parsed, DateOnly) else parsed.date()
+            except TimeError as exc:
+                notes.append(InputNote("dropped-value", "warning", f"birthDate: {exc}", "Patient.birthDate"))
+        deceased = bool(patient.deceasedBoolean or patient.deceasedDateTime)
+        builder.references.add(patient_ref or "")
+
+    measurements = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.measurements.items()}
+    administrations_by = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.administrations.items()}
+    coded = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.coded.items()}
+    day_zero = _day_zero(administrations_by, terminology, options, as_of, notes)
+    return Timeline(
+        as_of=as_of,
+        patient=patient_ref,
+        birth_date=birth_date,
+        deceased=deceased,
+        day_zero=day_zero,
+        measurements=measurements,
+        measurement_times={k: tuple(f.time for f in v) for k, v in measurements.items()},
+        coded=coded,
+        coded_times={k: tuple(f.time for f in v) for k, v in coded.items()},
+        administrations=administrations_by,
+        notes=tuple(notes),
+        input_references=frozenset(ref for ref in builder.references if ref),
+    )
+
+
+def _single_patient(
+    patients: list[SourcedEntry], clinical: list[SourcedEntry], full_url_to_ref: dict[str, str]
+) -> tuple[str | None, Resource | None]:
+    """The one patient the bundle is about; a second one is a 422."""
+    seen: dict[str, str] = {}  # reference -> location where first seen
+    for entry in patients:
+        seen.setdefault(_reference_of(entry), f"{entry.location}.id")
+    for entry in clinical:
+        subject = entry.resource.subject.reference if entry.resource.subject else None
+        if subject:
+            seen.setdefault(_relative(full_url_to_ref.get(subject, subject)), f"{entry.location}.subject.reference")
+    if len(seen) > 1:
+        first, second = list(seen.items())[:2]
+        raise InputError(
+            Issue(
+                "input-multiple-patients",
+                f"The bundle holds data of more than one patient ({first[0]} and {second[0]}): send one patient per request",
+                second[1],
+                fhir_type="business-rule",
+            ),
+            status=422,
+        )
+    reference = next(iter(seen), None)
+    patient = patients[0].resource if patients else None
+    return reference, patient
+
+
+def _day_zero(administrations: dict[str, tuple[Administration, ...]], terminology: Terminology,
+              options: BuildOptions, as_of: datetime, notes: list[InputNote]) -> DayZero | None:
+    if options.infusion_override is not None:
+        return DayZero(options.infusion_override, "parameter infusionDate", "unspecified", options.infusion_override_date_only)
+    infusions = sorted(
+        (fact for concept in terminology.members(["car-t-product"]) for fact in administrations.get(concept, ())),
+        key=lambda fact: fact.time,
+    )
+    if not infusions:
+        return None
+    latest = infusions[-1]
+    if len(infusions) > 1:
+        notes.append(
+            InputNote(
+                "flagged-status", "warning",
+                f"{len(infusions)} CAR-T infusions recorded; day 0 is the latest, {latest.time.isoformat()} ({latest.source})",
+            )
+        )
+    return DayZero(latest.time, latest.source, latest.concept)

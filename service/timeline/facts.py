@@ -1,0 +1,104 @@
+"""Typed, immutable clinical facts. Each keeps the reference of the resource it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """A quantity in its concept's canonical unit (temperature in Cel, pressure in mm[Hg] ...)."""
+
+    concept: str
+    value: float
+    unit: str
+    time: datetime
+    source: str  # "Observation/id" (or the entry's fullUrl, or its location when it has neither)
+    original: str  # value and unit as sent, for evidence ("100.9 [degF]")
+    date_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CodedValue:
+    """A coded observation, e.g. the oxygen delivery device; `value` None = a code the rules do not know."""
+
+    concept: str
+    value: str | None
+    display: str
+    time: datetime
+    end: datetime | None  # None with ongoing False: a point in time
+    ongoing: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Administration:
+    """A medication given. `end` None = still running (in-progress with an open period)."""
+
+    concept: str
+    time: datetime  # start
+    end: datetime | None
+    dose_mg: float | None
+    status: str
+    display: str
+    source: str
+
+    def end_or(self, now: datetime) -> datetime:
+        return now if self.end is None else self.end
+
+
+Fact = Measurement | CodedValue | Administration
+
+
+@dataclass(frozen=True, slots=True)
+class InputNote:
+    """Something in the input that was ignored, dropped or flagged, for the OperationOutcome and cards."""
+
+    code: str  # CodeSystem code: ignored-resource-type, dropped-unit, flagged-status ...
+    severity: str  # information | warning
+    message: str
+    location: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DayZero:
+    time: datetime
+    source: str  # the infusion's reference, or "parameter infusionDate"
+    product: str  # concept id of the CAR-T product, or "unspecified"
+    date_only: bool = False
+
+    @property
+    def date(self) -> date:
+        return self.time.date()
+
+    def day_of(self, moment: datetime) -> int:
+        """Calendar-day difference in the UTC offset of the infusion's timestamp."""
+        return (moment.astimezone(self.time.tzinfo).date() - self.time.date()).days
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """All usable facts for one patient up to the evaluation time, sorted by time and indexed by concept."""
+
+    as_of: datetime
+    patient: str | None  # "Patient/id"
+    birth_date: date | None
+    deceased: bool
+    day_zero: DayZero | None
+    measurements: Mapping[str, tuple[Measurement, ...]]
+    measurement_times: Mapping[str, tuple[datetime, ...]]
+    coded: Mapping[str, tuple[CodedValue, ...]]
+    coded_times: Mapping[str, tuple[datetime, ...]]
+    administrations: Mapping[str, tuple[Administration, ...]]
+    notes: tuple[InputNote, ...] = field(default=())
+    input_references: frozenset[str] = field(default=frozenset())
+
+    def age_years(self) -> int | None:
+        if self.birth_date is None:
+            return None
+        today = self.as_of.date()
+        born = self.birth_date
+        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))

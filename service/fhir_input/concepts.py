@@ -90,10 +90,12 @@ class Terminology:
             result |= self.groups.get(name, frozenset({name}))
         return frozenset(result)
 
-    def ingredient_coding(self, concept: str) -> CodeRef | None:
-        """The ingredient-level code to put in outputs, preferring verified codes."""
-        refs = [ref for ref in self.medication_codes.get(concept, ()) if ref.level == "ingredient"]
-        refs.sort(key=lambda ref: CODE_STATUSES.index(ref.status))
+    def output_coding(self, concept: str) -> CodeRef | None:
+        """The code to put in outputs: an ingredient code if there is one, else a product code; verified first."""
+        refs = sorted(
+            self.medication_codes.get(concept, ()),
+            key=lambda ref: (ref.level != "ingredient", CODE_STATUSES.index(ref.status)),
+        )
         return refs[0] if refs else None
 
 

@@ -132,7 +132,7 @@ _RESOURCE_DECODER = msgspec.json.Decoder(Resource)
 _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def _split_message(exc: msgspec.ValidationError) -> tuple[str, str]:
+def split_validation_message(exc: msgspec.ValidationError) -> tuple[str, str]:
     """msgspec says 'Expected `float`, got `str` - at `$.a[0].b`': return (what, '.a[0].b')."""
     text = str(exc)
     match = _PATH_IN_MESSAGE.search(text)
@@ -148,10 +148,10 @@ def decode_bundle(body: bytes, root: str = "Bundle") -> DecodedBundle:
     """
     try:
         bundle = _BUNDLE_DECODER.decode(body)
+    except msgspec.ValidationError:  # a subclass of DecodeError: must come first
+        return _decode_entry_by_entry(body, root)
     except msgspec.DecodeError as exc:
         raise InputError(Issue("input-not-json", f"Body is not valid JSON: {exc}", None, fhir_type="structure"))
-    except msgspec.ValidationError:
-        return _decode_entry_by_entry(body, root)
     _check_bundle_head(bundle.resourceType, bundle.type, root)
     entries: list[DecodedEntry] = []
     ignored: dict[str, list[int]] = {}
@@ -168,7 +168,7 @@ def decode_bundle(body: bytes, root: str = "Bundle") -> DecodedBundle:
 
 def _check_bundle_head(resource_type: str | None, bundle_type: str | None, root: str) -> None:
     if resource_type != "Bundle":
-        found = f"a {resource_type}" if resource_type else "no resourceType"
+        found = f"resourceType {resource_type!r}" if resource_type else "no resourceType"
         raise InputError(
             Issue("input-not-bundle", f"Expected a FHIR Bundle, found {found}", f"{root}.resourceType", fhir_type="structure")
         )
@@ -183,7 +183,7 @@ def _decode_entry_by_entry(body: bytes, root: str) -> DecodedBundle:
     try:
         shell = _RAW_BUNDLE_DECODER.decode(body)
     except msgspec.ValidationError as exc:
-        what, path = _split_message(exc)
+        what, path = split_validation_message(exc)
         if path in ("", ".resourceType"):
             raise InputError(Issue("input-not-bundle", f"Expected a FHIR Bundle: {what}", root, fhir_type="structure"))
         raise InputError(Issue("input-wrong-type", what, root + path), status=422)
@@ -197,7 +197,7 @@ def _decode_entry_by_entry(body: bytes, root: str) -> DecodedBundle:
         try:
             resource_type = _HEAD_DECODER.decode(entry.resource).resourceType
         except msgspec.ValidationError as exc:
-            what, path = _split_message(exc)
+            what, path = split_validation_message(exc)
             raise InputError(Issue("input-wrong-type", what, location + path), status=422)
         if resource_type not in USED_TYPES:
             ignored.setdefault(resource_type or "(no resourceType)", []).append(index)
@@ -205,7 +205,7 @@ def _decode_entry_by_entry(body: bytes, root: str) -> DecodedBundle:
         try:
             resource = _RESOURCE_DECODER.decode(entry.resource)
         except msgspec.ValidationError as exc:
-            what, path = _split_message(exc)
+            what, path = split_validation_message(exc)
             raise InputError(Issue("input-wrong-type", f"{resource_type}: {what}", location + path), status=422)
         entries.append(DecodedEntry(index, entry.fullUrl, resource))
     return DecodedBundle(shell.type, tuple(entries), ignored)
@@ -215,8 +215,8 @@ def decode_resource(raw: bytes | msgspec.Raw, location: str) -> Resource:
     """Decode one resource (CDS Hooks prefetch of a single Patient), located for errors."""
     try:
         return _RESOURCE_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: must come first
+        what, path = split_validation_message(exc)
+        raise InputError(Issue("input-wrong-type", what, location + path), status=422)
     except msgspec.DecodeError as exc:
         raise InputError(Issue("input-not-json", f"Not valid JSON: {exc}", location, fhir_type="structure"))
-    except msgspec.ValidationError as exc:
-        what, path = _split_message(exc)
-        raise InputError(Issue("input-wrong-type", what, location + path), status=422)

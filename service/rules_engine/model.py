@@ -71,6 +71,7 @@ class RuleInfo:
     assessment_code: str
     guideline_id: str
     guideline_citation: str
+    guideline_url: str
     sources: tuple[str, ...]
     outcome_codes: Mapping[int, str]  # grade -> ICD-10-CM
 

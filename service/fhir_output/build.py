@@ -1,0 +1,257 @@
+"""Findings and plans -> FHIR R4 RiskAssessment, CarePlan and OperationOutcome, validated with R4B models.
+
+Ids are UUIDv5 of rule-set version, patient, evaluation time and finding, so the same input always gives
+the same output.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.careplan import CarePlan
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.riskassessment import RiskAssessment
+
+from service.fhir_input.concepts import Terminology
+from service.rules_engine.management import Plan, PlannedAction
+from service.rules_engine.model import Finding, GradeResult
+from service.timeline.facts import Fact, InputNote, Timeline
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+UCUM = "http://unitsofmeasure.org"
+_NAMESPACE = uuid.UUID("6f1d8f3e-9d6b-5c1e-9a57-2f0f3c7c5a11")
+_NON_DRUG_KIND = {"alert-icu": "CommunicationRequest"}
+_TOXICITY_NAMES = {"crs": "Cytokine release syndrome", "icans": "Immune effector cell-associated neurotoxicity syndrome"}
+
+
+def stable_id(*parts: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+
+
+def grade_code(grade: int | None) -> str:
+    return "not-assessable" if grade is None else f"grade-{grade}"
+
+
+def grade_text(grade: int | None) -> str:
+    return "not assessable" if grade is None else f"grade {grade}"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    canonical_base: str
+
+    @property
+    def codesystem(self) -> str:
+        return f"{self.canonical_base}/CodeSystem/cartox"
+
+    def profile(self, name: str) -> str:
+        return f"{self.canonical_base}/StructureDefinition/{name}"
+
+
+def is_reference(source: str) -> bool:
+    """Type/id references only: basis may cite only resources the caller sent with an id."""
+    head, _, tail = source.partition("/")
+    return bool(tail) and head[:1].isupper() and "/" not in tail and not source.startswith("urn:")
+
+
+def subject_of(timeline: Timeline) -> dict[str, str]:
+    if timeline.patient and is_reference(timeline.patient):
+        return {"reference": timeline.patient}
+    return {"display": "Patient not identified in the request"}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
+                    management_guideline: str | None) -> dict[str, Any]:
+    rule = finding.rule
+    cs = config.codesystem
+    day_zero = timeline.day_zero
+    max_start = day_zero.time if day_zero else finding.maximum.window.start
+    missing = list(dict.fromkeys(finding.current.missing + finding.maximum.missing))
+    method_text = (
+        f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); "
+        f"guideline {rule.guideline_id}: {rule.guideline_citation}"
+    )
+    if management_guideline:
+        method_text += f"; management guideline version {management_guideline}"
+    extensions = [
+        {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
+        {"url": config.profile("guideline-version"), "valueString": management_guideline or rule.guideline_id},
+    ] + [{"url": config.profile("missing-data"), "valueString": text} for text in missing]
+    notes = [{"text": "The engine cannot exclude infection or neutropenic sepsis as the cause of fever."}]
+    if finding.onset is not None:
+        day = f"day {finding.onset_day}" if finding.onset_day is not None else "day unknown (no day 0)"
+        notes.append({"text": f"CRS onset {_iso(finding.onset)} ({day})" + (" — atypically late onset" if finding.atypical_onset else "")})
+    if day_zero is None:
+        notes.append({"text": "Day 0 (CAR-T infusion) unknown: the maximum grade covers all data sent, and day-relative findings are unknown."})
+    resource = {
+        "resourceType": "RiskAssessment",
+        "id": resource_id,
+        "meta": {"profile": [config.profile("cartox-risk-assessment")]},
+        "extension": extensions,
+        "status": "final",
+        "code": {
+            "coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}],
+            "text": rule.title,
+        },
+        "subject": subject_of(timeline),
+        "occurrenceDateTime": _iso(timeline.as_of),
+        "method": {
+            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
+            "text": method_text,
+        },
+        "prediction": [
+            _prediction(finding, finding.current, config, f"current ({_window_text(finding.current)})",
+                        finding.current.window.start, timeline.as_of),
+            _prediction(finding, finding.maximum, config, "maximum since day 0" if day_zero else "maximum over the data sent",
+                        max_start, timeline.as_of),
+        ],
+        "note": notes,
+    }
+    basis = _basis(finding.current.evidence + finding.maximum.evidence)
+    if basis:
+        resource["basis"] = basis
+    return resource
+
+
+def _window_text(result: GradeResult) -> str:
+    return f"{_iso(result.window.start)} to {_iso(result.window.end)}"
+
+
+def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, label: str,
+                start: datetime, end: datetime) -> dict[str, Any]:
+    toxicity = _TOXICITY_NAMES.get(finding.rule.toxicity, finding.rule.toxicity.upper())
+    coding = [{"system": config.codesystem, "code": grade_code(result.grade), "display": grade_text(result.grade).capitalize()}]
+    icd = finding.rule.outcome_codes.get(result.grade or 0)
+    if icd:
+        coding.append({"system": ICD10CM, "code": icd, "display": f"{toxicity}, grade {result.grade}"})
+    rationale = "; ".join(f"{reason.label}: {_value_text(reason.value)}" for reason in result.reasons) or _no_reason(result)
+    prediction: dict[str, Any] = {
+        "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if result.incomplete else "complete"}],
+        "outcome": {"coding": coding, "text": f"{finding.rule.toxicity.upper()} {grade_text(result.grade)} ({label})"},
+        "whenPeriod": {"start": _iso(start), "end": _iso(end)},
+        "rationale": rationale,
+    }
+    return prediction
+
+
+def _no_reason(result: GradeResult) -> str:
+    if result.grade is None:
+        return "Cannot assess: " + "; ".join(result.missing)
+    return "No criterion for a grade above 0 was met"
+
+
+def _value_text(value: bool | float | None) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "unknown"
+    return f"{value:g}"
+
+
+def _basis(facts: tuple[Fact, ...]) -> list[dict[str, str]]:
+    seen = dict.fromkeys(f.source for f in sorted(facts, key=lambda f: f.time) if is_reference(f.source))
+    return [{"reference": reference} for reference in seen]
+
+
+def care_plan(plan: Plan, timeline: Timeline, config: OutputConfig, resource_id: str, risk_assessment_id: str,
+              terminology: Terminology) -> dict[str, Any]:
+    finding = plan.finding
+    title = f"{finding.rule.toxicity.upper()} {grade_text(finding.current.grade)}: management per {plan.guideline_id}"
+    description = (
+        f"{title}. Rule {plan.rule_id} {plan.rule_version} (rule set {finding.rule_set_version}); "
+        f"guideline version {plan.guideline_id}: {plan.guideline_citation}."
+    )
+    if plan.notes:
+        description += " " + " ".join(plan.notes)
+    return {
+        "resourceType": "CarePlan",
+        "id": resource_id,
+        "meta": {"profile": [config.profile("cartox-care-plan")]},
+        "extension": [
+            {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
+            {"url": config.profile("guideline-version"), "valueString": plan.guideline_id},
+        ],
+        "status": "active",
+        "intent": "proposal",
+        "title": title,
+        "description": description,
+        "subject": subject_of(timeline),
+        "created": _iso(timeline.as_of),
+        "supportingInfo": [{"reference": f"urn:uuid:{risk_assessment_id}"}],
+        "activity": [{"detail": _activity_detail(action, config, terminology)} for action in plan.actions],
+    }
+
+
+def _mg(value: float) -> dict[str, Any]:
+    return {"value": value, "unit": "mg", "system": UCUM, "code": "mg"}
+
+
+def _activity_detail(action: PlannedAction, config: OutputConfig, terminology: Terminology) -> dict[str, Any]:
+    if action.kind == "action":
+        return {
+            "kind": _NON_DRUG_KIND.get(action.code, "ServiceRequest"),
+            "code": {"coding": [{"system": config.codesystem, "code": action.code}], "text": action.description},
+            "status": "not-started",
+            "description": action.description,
+        }
+    product: dict[str, Any] = {"text": action.code}
+    coding = terminology.output_coding(action.code)
+    if coding is not None:
+        product["coding"] = [{"system": coding.system, "code": coding.code, "display": action.code}]
+    detail: dict[str, Any] = {
+        "kind": "MedicationRequest",
+        "status": "not-started",
+        "productCodeableConcept": product,
+        "description": action.description,
+    }
+    if action.do_not_perform:
+        detail["doNotPerform"] = True
+        detail["statusReason"] = {"text": action.reason or "label limit reached"}
+    if action.dose_mg is not None:
+        detail["quantity"] = _mg(action.dose_mg)
+    if action.daily_mg is not None:
+        detail["dailyAmount"] = _mg(action.daily_mg)
+    if action.every_hours:
+        repeat: dict[str, Any] = {"frequency": 1, "period": action.every_hours, "periodUnit": "h"}
+        if action.every_hours_max:
+            repeat["periodMax"] = action.every_hours_max
+        if action.duration_days:
+            repeat["boundsDuration"] = {"value": action.duration_days, "unit": "d", "system": UCUM, "code": "d"}
+        detail["scheduledTiming"] = {"repeat": repeat}
+    return detail
+
+
+def operation_outcome_of_notes(notes: tuple[InputNote, ...], config: OutputConfig, resource_id: str) -> dict[str, Any]:
+    issues = []
+    for note in notes:
+        issue: dict[str, Any] = {
+            "severity": note.severity,
+            "code": "informational",
+            "details": {"coding": [{"system": config.codesystem, "code": note.code}], "text": note_text(note)},
+        }
+        if note.location:
+            issue["expression"] = [note.location]
+        issues.append(issue)
+    if not issues:
+        issues.append({"severity": "information", "code": "informational", "details": {"text": "All input resources were used."}})
+    return {"resourceType": "OperationOutcome", "id": resource_id, "issue": issues}
+
+
+def note_text(note: InputNote) -> str:
+    return f"{note.message} (x{note.count})" if note.count > 1 else note.message
+
+
+_VALIDATORS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "OperationOutcome": OperationOutcome}
+
+
+def validated(resource: dict[str, Any]) -> dict[str, Any]:
+    """Validate with the fhir.resources R4B model (raises on a bug) and return the R4 JSON it serialises."""
+    model = _VALIDATORS[resource["resourceType"]].model_validate(resource)
+    return model.model_dump(mode="json", exclude_none=True)

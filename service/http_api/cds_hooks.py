@@ -1,0 +1,131 @@
+"""CDS Hooks 2.0: discovery and the car-t-toxicity service (patient-view, prefetch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from flask import Blueprint, Response, request
+
+from service.errors import InputError, Issue
+from service.fhir_input.decode import decode_bundle, decode_resource, split_validation_message
+from service.http_api.common import as_of_parameter, engine, infusion_parameter, json_response, require_json_body
+from service.pipeline import Engine, RequestOptions
+from service.timeline.build import SourcedEntry, entries_from_bundle
+
+SERVICE_ID = "car-t-toxicity"
+HOOK = "patient-view"
+REQUIRED_PREFETCH = ("patient", "observations", "medicationAdministrations")
+
+blueprint = Blueprint("cds_hooks", __name__)
+
+
+class HookRequest(msgspec.Struct):
+    hook: str | None = None
+    hookInstance: str | None = None
+    fhirServer: str | None = None
+    context: dict[str, Any] | None = None
+    prefetch: dict[str, msgspec.Raw] | None = None
+
+
+_HOOK_DECODER = msgspec.json.Decoder(HookRequest)
+
+
+def prefetch_templates(service: Engine) -> dict[str, str]:
+    """Searches for exactly the codes the rules read (observations) and every administration (medications
+    are also matched by name, which a code search cannot express)."""
+    terms = service.rules.terminology
+    codes = {f"{ref.system}|{ref.code}" for refs in terms.all_codes.values() for ref in refs}
+    codes |= {f"{system}|{code}" for system, code in terms.panel_codes}
+    return {
+        "patient": "Patient/{{context.patientId}}",
+        "observations": "Observation?patient={{context.patientId}}&code=" + ",".join(sorted(codes)),
+        "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}",
+    }
+
+
+@blueprint.get("/cds-services")
+def discovery() -> Response:
+    service = engine()
+    return json_response({
+        "services": [{
+            "hook": HOOK,
+            "id": SERVICE_ID,
+            "title": "CAR-T cell therapy toxicity (ASTCT 2019 CRS grade and management)",
+            "description": (
+                "Grades cytokine release syndrome by ASTCT 2019 from vital signs, oxygen support and medication "
+                "administrations, and proposes the guideline's next steps (" + ", ".join(service.rules.guideline_ids) + ")."
+            ),
+            "prefetch": prefetch_templates(service),
+            "usageRequirements": "All three prefetch keys are required; a null value means the EHR has no data.",
+        }]
+    })
+
+
+def _decode_request(body: bytes) -> HookRequest:
+    try:
+        hook_request = _HOOK_DECODER.decode(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: must come first
+        what, path = split_validation_message(exc)
+        if not path:
+            raise InputError(Issue("input-bad-parameter", f"Not a CDS Hooks request: {what}", None, fhir_type="structure")) from exc
+        raise InputError(Issue("input-wrong-type", f"Not a CDS Hooks request: {what}", path.lstrip(".")), status=422) from exc
+    except msgspec.DecodeError as exc:
+        raise InputError(Issue("input-not-json", f"Body is not valid JSON: {exc}", None, fhir_type="structure")) from exc
+    if hook_request.hook is None:
+        raise InputError(Issue("input-bad-parameter", "hook is required", "hook", fhir_type="required"))
+    if hook_request.hook != HOOK:
+        raise InputError(Issue("hook-unsupported", f"Service {SERVICE_ID} answers {HOOK}, not {hook_request.hook!r}", "hook", fhir_type="not-supported"))
+    if not hook_request.hookInstance:
+        raise InputError(Issue("input-bad-parameter", "hookInstance is required", "hookInstance", fhir_type="required"))
+    patient_id = (hook_request.context or {}).get("patientId")
+    if not isinstance(patient_id, str) or not patient_id:
+        raise InputError(Issue("input-bad-parameter", "context.patientId is required (a string)", "context.patientId", fhir_type="required"))
+    return hook_request
+
+
+def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEntry], dict[str, list[Any]]]:
+    """Prefetched Patient and searchset Bundles -> entries; a missing key is a 412, null means no data."""
+    missing = [key for key in REQUIRED_PREFETCH if key not in prefetch]
+    if missing:
+        raise InputError(
+            [Issue("prefetch-missing", f"Required prefetch {key!r} is missing (querying fhirServer is not supported yet)",
+                   f"prefetch.{key}", fhir_type="required") for key in missing],
+            status=412,
+        )
+    entries: list[SourcedEntry] = []
+    ignored: dict[str, list[Any]] = {}
+    patient_raw = bytes(prefetch["patient"])
+    if patient_raw.strip() != b"null":
+        patient = decode_resource(patient_raw, "prefetch.patient")
+        if patient.resourceType != "Patient":
+            raise InputError(Issue("input-wrong-type", f"prefetch.patient must be a Patient, not {patient.resourceType!r}",
+                                   "prefetch.patient.resourceType"), status=422)
+        entries.append(SourcedEntry("prefetch.patient", None, patient))
+    for key in ("observations", "medicationAdministrations"):
+        raw = bytes(prefetch[key])
+        if raw.strip() == b"null":
+            continue
+        decoded = decode_bundle(raw, root=f"prefetch.{key}")
+        entries += entries_from_bundle(decoded.entries, root=f"prefetch.{key}")
+        for kind, where in decoded.ignored_types.items():
+            ignored.setdefault(kind, []).extend(where)
+    return entries, ignored
+
+
+@blueprint.post(f"/cds-services/{SERVICE_ID}")
+def call_service() -> Response:
+    hook_request = _decode_request(require_json_body())
+    patient_id = hook_request.context["patientId"]  # type: ignore[index]
+    entries, ignored = prefetched_entries(hook_request.prefetch or {})
+    service = engine()
+    infusion, date_only = infusion_parameter()
+    options = RequestOptions(as_of_parameter(), request.args.get("guideline"), infusion, date_only)
+    outcome = service.evaluate(entries, ignored, options)
+    if outcome.timeline.patient not in (None, f"Patient/{patient_id}"):
+        raise InputError(
+            Issue("input-multiple-patients", f"Prefetched data are about {outcome.timeline.patient}, not Patient/{patient_id}",
+                  "context.patientId", fhir_type="business-rule"),
+            status=422,
+        )
+    return json_response(outcome.cds_response())

@@ -1,0 +1,159 @@
+"""The evaluation pipeline shared by the HTTP endpoints, the CLI and the benchmark.
+
+decode -> timeline -> rules -> FHIR outputs -> cards. Pure: no Flask, no I/O, the clock is an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError as PydanticValidationError
+
+from service.cds_cards.cards import CardInput, cards_for
+from service.errors import InputError, Issue
+from service.fhir_input.decode import USED_TYPES, decode_bundle
+from service.fhir_output.build import (
+    OutputConfig,
+    care_plan,
+    operation_outcome_of_notes,
+    risk_assessment,
+    stable_id,
+    validated,
+)
+from service.rules_engine.load import Evaluation, RuleSet, load_rule_set
+from service.settings import Settings
+from service.timeline.build import BuildOptions, SourcedEntry, build_timeline, entries_from_bundle
+from service.timeline.facts import Timeline
+
+RESPONSE_FORMATS = ("cards", "fhir")
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    as_of: datetime
+    guideline: str | None = None
+    infusion: datetime | None = None
+    infusion_date_only: bool = False
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    timeline: Timeline
+    evaluation: Evaluation
+    resources: tuple[dict[str, Any], ...]  # RiskAssessments and CarePlans, validated
+    operation_outcome: dict[str, Any]
+    cards: tuple[dict[str, Any], ...]
+
+    def cds_response(self) -> dict[str, Any]:
+        return {"cards": list(self.cards)}
+
+    def bundle(self, bundle_id: str) -> dict[str, Any]:
+        entries = [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in self.resources + (self.operation_outcome,)]
+        return {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "entry": entries}
+
+
+class Engine:
+    """Settings + the compiled rule set: everything a request needs, built once at start-up."""
+
+    def __init__(self, settings: Settings | None = None, rule_set: RuleSet | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.rules = rule_set or load_rule_set(
+            canonical_base=self.settings.canonical_base, overrides=self.settings.rule_overrides
+        )
+        self.output = OutputConfig(self.settings.canonical_base)
+        if self.settings.guideline not in self.rules.guideline_ids:
+            raise ValueError(f"CARTOX_GUIDELINE={self.settings.guideline!r} is not one of {self.rules.guideline_ids}")
+
+    def check_guideline(self, guideline: str | None, location: str = "guideline") -> str:
+        chosen = guideline or self.settings.guideline
+        if chosen not in self.rules.guideline_ids:
+            known = ", ".join(self.rules.guideline_ids)
+            raise InputError(Issue("input-bad-parameter", f"Unknown guideline {chosen!r}: use one of {known}", location))
+        return chosen
+
+    def evaluate(self, entries: list[SourcedEntry], ignored_types: dict[str, list[Any]], options: RequestOptions) -> Outcome:
+        guideline = self.check_guideline(options.guideline)
+        build_options = BuildOptions(self.settings.accept_preliminary, options.infusion, options.infusion_date_only)
+        timeline = build_timeline(entries, self.rules.terminology, options.as_of, build_options, ignored_types)
+        evaluation = self.rules.evaluate(timeline, guideline)
+        plans = {plan.finding.rule.rule_id: plan for plan in evaluation.plans}
+        resources: list[dict[str, Any]] = []
+        card_inputs: list[CardInput] = []
+        key = (self.rules.version, timeline.patient or "-", options.as_of.isoformat(), guideline)
+        for finding in evaluation.findings:
+            plan = plans.get(finding.rule.rule_id)
+            ra_id = stable_id(*key, finding.rule.rule_id)
+            ra = validated(risk_assessment(finding, timeline, self.output, ra_id, plan.guideline_id if plan else None))
+            resources.append(ra)
+            cp = None
+            if plan is not None:
+                cp = validated(care_plan(plan, timeline, self.output, stable_id(*key, plan.rule_id), ra_id, self.rules.terminology))
+                resources.append(cp)
+            card_inputs.append(CardInput(finding, plan, ra, cp))
+        outcome = validated(operation_outcome_of_notes(timeline.notes, self.output, stable_id(*key, "input-notes")))
+        cards = tuple(cards_for(card_inputs, timeline.notes, self.output))
+        return Outcome(timeline, evaluation, tuple(resources), outcome, cards)
+
+    def evaluate_bundle_bytes(self, body: bytes, options: RequestOptions) -> Outcome:
+        decoded = decode_bundle(body)
+        if options.strict if options.strict is not None else self.settings.strict_validation:
+            strict_validate(body)
+        return self.evaluate(entries_from_bundle(decoded.entries), decoded.ignored_types, options)
+
+
+def strict_validate(body: bytes) -> None:
+    """Full FHIR R4B validation of every resource of an accepted type (validate=strict)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    document = orjson.loads(body)
+    for index, entry in enumerate(document.get("entry") or []):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") not in USED_TYPES:
+            continue
+        try:
+            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])
+            raise InputError(
+                Issue("input-invalid-resource", f"{resource['resourceType']}: {first['msg']}", f"Bundle.entry[{index}].resource{path}"),
+                status=422,
+            ) from None
+
+
+_DEFAULT_ENGINE: Engine | None = None
+
+
+def default_engine() -> Engine:
+    """An engine from the environment's settings, built once per process."""
+    global _DEFAULT_ENGINE
+    if _DEFAULT_ENGINE is None:
+        _DEFAULT_ENGINE = Engine()
+    return _DEFAULT_ENGINE
+
+
+def render(outcome: Outcome, response_format: str) -> bytes:
+    if response_format == "fhir":
+        bundle_id = stable_id(outcome.operation_outcome["id"], "bundle")
+        return orjson.dumps(outcome.bundle(bundle_id))
+    return orjson.dumps(outcome.cds_response())
+
+
+def evaluate_bytes(
+    body: bytes,
+    *,
+    as_of: datetime,
+    response_format: str = "cards",
+    engine: Engine | None = None,
+    guideline: str | None = None,
+    infusion: datetime | None = None,
+    strict: bool | None = None,
+) -> bytes:
+    """Request bytes (a FHIR Bundle) -> response bytes (CDS Hooks cards or a FHIR Bundle)."""
+    engine = engine or default_engine()
+    outcome = engine.evaluate_bundle_bytes(body, RequestOptions(as_of, guideline, infusion, strict=strict))
+    return render(outcome, response_format)

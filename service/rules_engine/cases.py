@@ -1,0 +1,275 @@
+"""Rule test cases (rules/*.cases.yaml): compact clinical input -> real FHIR Bundle -> expected outcome.
+
+Cases run the whole pipeline (decode, normalisation, rules, outputs), so they test what a hospital sees.
+Compact resources keep cases readable; a full FHIR resource (with resourceType) is used as written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jsonschema
+import orjson
+
+from service.errors import CartoxError
+from service.fhir_input.times import parse_instant_parameter
+from service.pipeline import Engine, Outcome, RequestOptions
+from service.rules_engine.load import read_document
+from service.settings import Settings
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+PATIENT_ID = "case-patient"
+
+# Compact observation keys: (LOINC code, display, default UCUM unit).
+_OBSERVATIONS = {
+    "temp": ("8310-5", "Body temperature", "Cel"),
+    "sbp": ("8480-6", "Systolic blood pressure", "mm[Hg]"),
+    "dbp": ("8462-4", "Diastolic blood pressure", "mm[Hg]"),
+    "spo2": ("59408-5", "Oxygen saturation by pulse oximetry", "%"),
+    "o2_flow": ("3151-8", "Inhaled oxygen flow rate", "L/min"),
+    "fio2": ("3150-0", "Inhaled oxygen concentration", "%"),
+    "weight": ("29463-7", "Body weight", "kg"),
+    "creatinine": ("2160-0", "Creatinine", "mg/dL"),
+}
+
+
+class CaseFailure(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class Case:
+    file: Path
+    rule: str
+    name: str
+    spec: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+
+
+def load_cases(path: Path, schema_dir: Path) -> list[Case]:
+    document = read_document(path)
+    schema = orjson.loads((schema_dir / "cases.schema.json").read_bytes())
+    jsonschema.validate(document, schema)
+    defaults = document.get("defaults", {})
+    names = [case["name"] for case in document["cases"]]
+    duplicates = {name for name in names if names.count(name) > 1}
+    if duplicates:
+        raise ValueError(f"{path.name}: duplicate case names {sorted(duplicates)}")
+    return [Case(path, document["rule"], case["name"], case, defaults) for case in document["cases"]]
+
+
+def _time(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _effective(item: Mapping[str, Any]) -> dict[str, Any]:
+    if "period" in item:
+        period = {k: _time(v) for k, v in item["period"].items()}
+        return {"effectivePeriod": period}
+    if "at" in item:
+        return {"effectiveDateTime": _time(item["at"])}
+    return {}
+
+
+def _quantity(value: Any, unit: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """One compact case resource -> a FHIR R4 resource."""
+    if "resourceType" in item:
+        return dict(item)
+    rid = str(item.get("id", f"c{index}"))
+    subject = {"reference": f"Patient/{PATIENT_ID}"}
+    for key, (code, display, default_unit) in _OBSERVATIONS.items():
+        if key in item:
+            return {
+                "resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
+                "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+                "subject": subject, **_effective(item),
+                "valueQuantity": _quantity(item[key], item.get("unit", default_unit)),
+            }
+    if "bp" in item:
+        systolic, diastolic = item["bp"]
+        return {
+            "resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
+            "code": {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pressure panel"}]},
+            "subject": subject, **_effective(item),
+            "component": [
+                {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]}, "valueQuantity": _quantity(systolic, "mm[Hg]")},
+                {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]}, "valueQuantity": _quantity(diastolic, "mm[Hg]")},
+            ],
+        }
+    if "device" in item:
+        return {
+            "resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
+            "code": {"coding": [{"system": LOINC, "code": item.get("device_code", "107117-4"), "display": "Method of oxygen delivery"}]},
+            "subject": subject, **_effective(item),
+            "valueCodeableConcept": {"coding": [{"system": SNOMED, "code": str(item["device"])}]},
+        }
+    if "med" in item:
+        concept: dict[str, Any] = {"text": item["med"]}
+        if "rxnorm" in item:
+            concept["coding"] = [{"system": RXNORM, "code": str(item["rxnorm"])}]
+        resource: dict[str, Any] = {
+            "resourceType": "MedicationAdministration", "id": rid, "status": item.get("status", "completed"),
+            "medicationCodeableConcept": concept, "subject": subject, **_effective(item),
+        }
+        if "dose_mg" in item:
+            resource["dosage"] = {"dose": _quantity(item["dose_mg"], "mg")}
+        return resource
+    raise ValueError(f"cannot read compact resource {dict(item)!r}")
+
+
+def case_bundle(case: Case) -> dict[str, Any]:
+    spec, defaults = case.spec, case.defaults
+    patient = {"resourceType": "Patient", "id": PATIENT_ID, **spec.get("patient", defaults.get("patient", {}))}
+    patient = {k: _time(v) if k == "birthDate" else v for k, v in patient.items()}
+    items = list(defaults.get("resources", [])) + list(spec.get("resources", []))
+    entries = [{"fullUrl": f"urn:uuid:{PATIENT_ID}", "resource": patient}]
+    entries += [{"resource": compact_to_fhir(item, i)} for i, item in enumerate(items)]
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def run_case(case: Case, rules_dir: Path | None = None) -> Outcome | None:
+    """Run one case; None when it expected (and got) an input error. Raises CaseFailure on a difference."""
+    settings = Settings(**case.spec.get("settings", {}))
+    engine = _engine(settings, rules_dir)
+    body = orjson.dumps(case_bundle(case))
+    infusion = case.spec.get("infusion_date")
+    options = RequestOptions(
+        as_of=parse_instant_parameter(_time(case.spec["as_of"])),
+        guideline=case.spec.get("guideline"),
+        infusion=parse_instant_parameter(_time(infusion)) if infusion else None,
+    )
+    try:
+        outcome = engine.evaluate_bundle_bytes(body, options)
+    except CartoxError as exc:
+        expected_error = case.spec["expect"].get("error")
+        if expected_error and any(issue.code == expected_error for issue in exc.issues):
+            return None
+        raise CaseFailure(f"unexpected error: {exc}") from exc
+    check(case, outcome, _graded_rule(engine, case.rule))
+    return outcome
+
+
+_ENGINES: dict[tuple[Any, ...], Engine] = {}
+
+
+def _engine(settings: Settings, rules_dir: Path | None) -> Engine:
+    key = (repr(settings), str(rules_dir))
+    if key not in _ENGINES:
+        from service.rules_engine.load import load_rule_set
+
+        rules = load_rule_set(rules_dir, settings.canonical_base, settings.rule_overrides)
+        _ENGINES[key] = Engine(settings, rules)
+    return _ENGINES[key]
+
+
+def _graded_rule(engine: Engine, rule: str) -> str:
+    """A management rule's cases check the finding of the grading rule it applies to."""
+    for management in engine.rules.management.values():
+        if management.rule_id == rule:
+            return management.applies_to
+    return rule
+
+
+def _finding(outcome: Outcome, rule: str):
+    for finding in outcome.evaluation.findings:
+        if finding.rule.rule_id == rule:
+            return finding
+    raise CaseFailure(f"no finding of rule {rule}")
+
+
+def _grade(value: int | None) -> int | str:
+    return "not-assessable" if value is None else value
+
+
+def _expect_equal(what: str, actual: Any, expected: Any) -> None:
+    if actual != expected:
+        raise CaseFailure(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def _actions(outcome: Outcome, rule: str):
+    plan = next((p for p in outcome.evaluation.plans if p.finding.rule.rule_id == rule), None)
+    return plan, (plan.actions if plan else ())
+
+
+def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
+    """Compare an outcome with the case's `expect` block; raise CaseFailure naming the first difference."""
+    expect = case.spec["expect"]
+    finding = _finding(outcome, graded_rule)
+    checks: dict[str, Callable[[Any], None]] = {
+        "current_grade": lambda v: _expect_equal("current grade", _grade(finding.current.grade), v),
+        "max_grade": lambda v: _expect_equal("maximum grade", _grade(finding.maximum.grade), v),
+        "onset_day": lambda v: _expect_equal("onset day", finding.onset_day, v),
+        "atypical_onset": lambda v: _expect_equal("atypical onset", finding.atypical_onset, v),
+        "incomplete": lambda v: _expect_equal("incomplete", finding.current.incomplete, v),
+        "reasons_include": lambda v: _include("reasons", [r.criterion for r in finding.current.reasons], v),
+        "evidence_includes": lambda v: _include("evidence", [f.source for f in finding.current.evidence], v),
+        "evidence_excludes": lambda v: _exclude("evidence", [f.source for f in finding.current.evidence + finding.maximum.evidence], v),
+        "missing_includes": lambda v: _include_text("missing data", finding.current.missing, v),
+        "notes_include": lambda v: _include_text("grade notes", finding.current.notes + finding.maximum.notes, v),
+        "input_notes_include": lambda v: _include("input notes", [n.code for n in outcome.timeline.notes], v),
+        "day_zero_known": lambda v: _expect_equal("day 0 known", finding.day_zero_known, v),
+        "cards": lambda v: _expect_equal("number of cards", len(outcome.cards), v),
+        "card_indicator": lambda v: _expect_equal("card indicator", outcome.cards[0]["indicator"] if outcome.cards else None, v),
+        "plan": lambda v: _check_plan(outcome, graded_rule, v),
+    }
+    for key, value in expect.items():
+        if key == "error":
+            raise CaseFailure(f"expected error {value}, but the evaluation succeeded")
+        if key not in checks:
+            raise CaseFailure(f"unknown expectation {key!r}")
+        checks[key](value)
+
+
+def _include(what: str, actual: list[str], expected: list[str]) -> None:
+    missing = [item for item in expected if item not in actual]
+    if missing:
+        raise CaseFailure(f"{what} lack {missing}; have {actual}")
+
+
+def _exclude(what: str, actual: list[str], unexpected: list[str]) -> None:
+    found = [item for item in unexpected if item in actual]
+    if found:
+        raise CaseFailure(f"{what} must not include {found}")
+
+
+def _include_text(what: str, actual: tuple[str, ...], fragments: list[str]) -> None:
+    for fragment in fragments:
+        if not any(fragment in text for text in actual):
+            raise CaseFailure(f"{what} lack text {fragment!r}; have {list(actual)}")
+
+
+def _check_plan(outcome: Outcome, graded_rule: str, expected: Mapping[str, Any] | None) -> None:
+    plan, actions = _actions(outcome, graded_rule)
+    if expected is None:
+        _expect_equal("plan", plan is None, True)
+        return
+    if plan is None:
+        raise CaseFailure("expected a plan, got none")
+    codes = [a.code for a in actions]
+    for key, value in expected.items():
+        if key == "guideline":
+            _expect_equal("plan guideline", plan.guideline_id, value)
+        elif key == "actions_include":
+            _include("plan actions", codes, value)
+        elif key == "actions_exclude":
+            _exclude("plan actions", codes, value)
+        elif key == "doses_mg":
+            doses = {a.code: a.dose_mg for a in actions if a.kind == "drug" and not a.do_not_perform}
+            for drug, dose in value.items():
+                _expect_equal(f"{drug} dose (mg)", doses.get(drug, "absent"), dose)
+        elif key == "blocked":
+            _include("blocked drugs", [a.code for a in actions if a.do_not_perform], value)
+        elif key == "description_includes":
+            _include_text("plan text", tuple(a.description for a in actions) + plan.notes, value)
+        else:
+            raise CaseFailure(f"unknown plan expectation {key!r}")

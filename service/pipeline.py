@@ -5,9 +5,11 @@ decode -> timeline -> rules -> FHIR outputs -> cards. Pure: no Flask, no I/O, th
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
@@ -56,6 +58,19 @@ class Outcome:
         return {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "entry": entries}
 
 
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """An evaluation allocates tens of thousands of short-lived, acyclic objects (freed by reference
+    counting); letting the cyclic collector scan them costs about a tenth of the request for nothing."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class Engine:
     """Settings + the compiled rule set: everything a request needs, built once at start-up."""
 
@@ -76,6 +91,10 @@ class Engine:
         return chosen
 
     def evaluate(self, entries: list[SourcedEntry], ignored_types: dict[str, list[Any]], options: RequestOptions) -> Outcome:
+        with _without_cyclic_gc():
+            return self._evaluate(entries, ignored_types, options)
+
+    def _evaluate(self, entries: list[SourcedEntry], ignored_types: dict[str, list[Any]], options: RequestOptions) -> Outcome:
         guideline = self.check_guideline(options.guideline)
         build_options = BuildOptions(self.settings.accept_preliminary, options.infusion, options.infusion_date_only)
         timeline = build_timeline(entries, self.rules.terminology, options.as_of, build_options, ignored_types)
@@ -95,7 +114,7 @@ class Engine:
                 resources.append(cp)
             card_inputs.append(CardInput(finding, plan, ra, cp))
         outcome = validated(operation_outcome_of_notes(timeline.notes, self.output, stable_id(*key, "input-notes")))
-        cards = tuple(cards_for(card_inputs, timeline.notes, self.output))
+        cards = tuple(cards_for(card_inputs, timeline, self.output))
         return Outcome(timeline, evaluation, tuple(resources), outcome, cards)
 
     def evaluate_bundle_bytes(self, body: bytes, options: RequestOptions) -> Outcome:

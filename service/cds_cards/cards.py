@@ -11,7 +11,7 @@ from typing import Any
 from service.fhir_output.build import OutputConfig, grade_text, note_text, stable_id
 from service.rules_engine.management import Plan
 from service.rules_engine.model import Finding, GradeResult
-from service.timeline.facts import Administration, CodedValue, Fact, InputNote, Measurement
+from service.timeline.facts import Administration, CodedValue, Fact, Measurement, Timeline
 
 SUMMARY_LIMIT = 140
 EVIDENCE_SHOWN = 12
@@ -51,24 +51,25 @@ def summary(finding: Finding) -> str:
     return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2] + "…"
 
 
-def describe_fact(fact: Fact) -> str:
+def describe_fact(fact: Fact, timeline: Timeline) -> str:
+    at = timeline.local(fact.time)
     if isinstance(fact, Measurement):
         shown = f"{fact.value:.4g} {fact.unit}"
         if not fact.original.endswith(fact.unit):
             shown += f" (sent as {fact.original})"
-        return f"{fact.concept} {shown} at {fact.time.isoformat()} — {fact.source}"
+        return f"{fact.concept} {shown} at {at} — {fact.source}"
     if isinstance(fact, CodedValue):
         value = fact.value or f"unrecognised ({fact.display})"
-        return f"{fact.concept}: {value} at {fact.time.isoformat()} — {fact.source}"
+        return f"{fact.concept}: {value} at {at} — {fact.source}"
     if isinstance(fact, Administration):
         dose = f" {fact.dose_mg:g} mg" if fact.dose_mg is not None else ""
-        end = "" if fact.end == fact.time else (" (running)" if fact.end is None else f" to {fact.end.isoformat()}")
-        return f"{fact.concept}{dose} ({fact.status}) at {fact.time.isoformat()}{end} — {fact.source}"
+        end = "" if fact.end == fact.time else (" (running)" if fact.end is None else f" to {timeline.local(fact.end)}")
+        return f"{fact.concept}{dose} ({fact.status}) at {at}{end} — {fact.source}"
     return str(fact)
 
 
-def _grade_block(title: str, result: GradeResult) -> list[str]:
-    lines = [f"**{title}: {grade_text(result.grade)}** — window {result.window.start.isoformat()} to {result.window.end.isoformat()}"]
+def _grade_block(title: str, result: GradeResult, timeline: Timeline) -> list[str]:
+    lines = [f"**{title}: {grade_text(result.grade)}** — window {timeline.local(result.window.start)} to {timeline.local(result.window.end)}"]
     for reason in result.reasons:
         value = "yes" if reason.value is True else (f"{reason.value:g}" if isinstance(reason.value, float) else str(reason.value))
         lines.append(f"- {reason.label}: {value}")
@@ -79,19 +80,20 @@ def _grade_block(title: str, result: GradeResult) -> list[str]:
     return lines
 
 
-def detail(item: CardInput, notes: tuple[InputNote, ...]) -> str:
+def detail(item: CardInput, timeline: Timeline) -> str:
     finding = item.finding
-    lines = _grade_block("Current grade (last 24 h)", finding.current)
-    lines += _grade_block("Maximum since day 0" if finding.day_zero_known else "Maximum over the data sent", finding.maximum)
+    notes = timeline.notes
+    lines = _grade_block("Current grade (last 24 h)", finding.current, timeline)
+    lines += _grade_block("Maximum since day 0" if finding.day_zero_known else "Maximum over the data sent", finding.maximum, timeline)
     if finding.onset is not None:
         day = f"day {finding.onset_day}" if finding.onset_day is not None else "day unknown (no CAR-T infusion found)"
-        lines.append(f"**Onset:** {finding.onset.isoformat()} ({day})" + (" — onset after day 14 is atypical: consider other causes" if finding.atypical_onset else ""))
+        lines.append(f"**Onset:** {timeline.local(finding.onset)} ({day})" + (" — onset after day 14 is atypical: consider other causes" if finding.atypical_onset else ""))
     if not finding.day_zero_known:
         lines.append("**Day 0 unknown:** no CAR-T infusion in the data and no infusionDate given.")
     evidence = sorted({id(f): f for f in finding.current.evidence + finding.maximum.evidence}.values(), key=lambda f: f.time)
     if evidence:
         lines.append("**Evidence**")
-        lines += [f"- {describe_fact(fact)}" for fact in evidence[:EVIDENCE_SHOWN]]
+        lines += [f"- {describe_fact(fact, timeline)}" for fact in evidence[:EVIDENCE_SHOWN]]
         if len(evidence) > EVIDENCE_SHOWN:
             lines.append(f"- … and {len(evidence) - EVIDENCE_SHOWN} more (see RiskAssessment.basis)")
     if item.plan is not None:
@@ -118,7 +120,7 @@ def detail(item: CardInput, notes: tuple[InputNote, ...]) -> str:
     return "\n".join(lines)
 
 
-def build_card(item: CardInput, notes: tuple[InputNote, ...], config: OutputConfig) -> dict[str, Any]:
+def build_card(item: CardInput, timeline: Timeline, config: OutputConfig) -> dict[str, Any]:
     finding = item.finding
     rule = finding.rule
     ra = item.risk_assessment
@@ -138,7 +140,7 @@ def build_card(item: CardInput, notes: tuple[InputNote, ...], config: OutputConf
         "uuid": stable_id(ra["id"], "card"),
         "summary": summary(finding),
         "indicator": indicator(finding.current.grade),
-        "detail": detail(item, notes),
+        "detail": detail(item, timeline),
         "source": {
             "label": f"cartox: {rule.title}",
             "url": rule.guideline_url,
@@ -150,5 +152,5 @@ def build_card(item: CardInput, notes: tuple[InputNote, ...], config: OutputConf
     }
 
 
-def cards_for(items: list[CardInput], notes: tuple[InputNote, ...], config: OutputConfig) -> list[dict[str, Any]]:
-    return [build_card(item, notes, config) for item in items if item.finding.current.grade != 0]
+def cards_for(items: list[CardInput], timeline: Timeline, config: OutputConfig) -> list[dict[str, Any]]:
+    return [build_card(item, timeline, config) for item in items if item.finding.current.grade != 0]

@@ -63,10 +63,6 @@ def subject_of(timeline: Timeline) -> dict[str, str]:
     return {"display": "Patient not identified in the request"}
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat()
-
-
 def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
                     management_guideline: str | None) -> dict[str, Any]:
     rule = finding.rule
@@ -87,7 +83,7 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
     notes = [{"text": "The engine cannot exclude infection or neutropenic sepsis as the cause of fever."}]
     if finding.onset is not None:
         day = f"day {finding.onset_day}" if finding.onset_day is not None else "day unknown (no day 0)"
-        notes.append({"text": f"CRS onset {_iso(finding.onset)} ({day})" + (" — atypically late onset" if finding.atypical_onset else "")})
+        notes.append({"text": f"CRS onset {timeline.local(finding.onset)} ({day})" + (" — atypically late onset" if finding.atypical_onset else "")})
     if day_zero is None:
         notes.append({"text": "Day 0 (CAR-T infusion) unknown: the maximum grade covers all data sent, and day-relative findings are unknown."})
     resource = {
@@ -101,16 +97,16 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
             "text": rule.title,
         },
         "subject": subject_of(timeline),
-        "occurrenceDateTime": _iso(timeline.as_of),
+        "occurrenceDateTime": timeline.local(timeline.as_of),
         "method": {
             "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
             "text": method_text,
         },
         "prediction": [
-            _prediction(finding, finding.current, config, f"current ({_window_text(finding.current)})",
-                        finding.current.window.start, timeline.as_of),
+            _prediction(finding, finding.current, config, f"current ({_window_text(finding.current, timeline)})",
+                        finding.current.window.start, timeline.as_of, timeline),
             _prediction(finding, finding.maximum, config, "maximum since day 0" if day_zero else "maximum over the data sent",
-                        max_start, timeline.as_of),
+                        max_start, timeline.as_of, timeline),
         ],
         "note": notes,
     }
@@ -120,12 +116,12 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
     return resource
 
 
-def _window_text(result: GradeResult) -> str:
-    return f"{_iso(result.window.start)} to {_iso(result.window.end)}"
+def _window_text(result: GradeResult, timeline: Timeline) -> str:
+    return f"{timeline.local(result.window.start)} to {timeline.local(result.window.end)}"
 
 
 def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, label: str,
-                start: datetime, end: datetime) -> dict[str, Any]:
+                start: datetime, end: datetime, timeline: Timeline) -> dict[str, Any]:
     toxicity = _TOXICITY_NAMES.get(finding.rule.toxicity, finding.rule.toxicity.upper())
     coding = [{"system": config.codesystem, "code": grade_code(result.grade), "display": grade_text(result.grade).capitalize()}]
     icd = finding.rule.outcome_codes.get(result.grade or 0)
@@ -135,7 +131,7 @@ def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, lab
     prediction: dict[str, Any] = {
         "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if result.incomplete else "complete"}],
         "outcome": {"coding": coding, "text": f"{finding.rule.toxicity.upper()} {grade_text(result.grade)} ({label})"},
-        "whenPeriod": {"start": _iso(start), "end": _iso(end)},
+        "whenPeriod": {"start": timeline.local(start), "end": timeline.local(end)},
         "rationale": rationale,
     }
     return prediction
@@ -183,7 +179,7 @@ def care_plan(plan: Plan, timeline: Timeline, config: OutputConfig, resource_id:
         "title": title,
         "description": description,
         "subject": subject_of(timeline),
-        "created": _iso(timeline.as_of),
+        "created": timeline.local(timeline.as_of),
         "supportingInfo": [{"reference": f"urn:uuid:{risk_assessment_id}"}],
         "activity": [{"detail": _activity_detail(action, config, terminology)} for action in plan.actions],
     }
@@ -252,6 +248,7 @@ _VALIDATORS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "Operatio
 
 
 def validated(resource: dict[str, Any]) -> dict[str, Any]:
-    """Validate with the fhir.resources R4B model (raises on a bug) and return the R4 JSON it serialises."""
-    model = _VALIDATORS[resource["resourceType"]].model_validate(resource)
-    return model.model_dump(mode="json", exclude_none=True)
+    """Validate with the fhir.resources R4B model (raises on a bug) and return the resource as built: it is
+    already R4 JSON, and re-serialising the model would cost more than the validation."""
+    _VALIDATORS[resource["resourceType"]].model_validate(resource)
+    return resource

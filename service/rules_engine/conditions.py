@@ -152,7 +152,7 @@ def measurement_threshold(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
         facts = _in_window(ctx.timeline, concept, window)
         if not facts:
             if unknown_when_missing:
-                return Result(None, missing=f"no {concept} recorded in {_describe(window)}")
+                return Result(None, missing=f"no {concept} recorded in {_describe(ctx, window)}")
             return Result(False)
         limit, note = threshold(ctx.timeline.age_years())
         matching = tuple(f for f in facts if compare(f.value, limit))
@@ -207,7 +207,7 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
             if renewal.value and renewal.last_positive and renewal.last_positive > last_evidence:
                 last_evidence = renewal.last_positive
         if window.end - last_evidence > lapse:
-            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence since {last_evidence.isoformat()}",))
+            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence since {ctx.timeline.local(last_evidence)}",))
         given.sort(key=lambda a: a.time)
         return Result(True, (given[0], given[-1]) if len(given) > 1 else tuple(given), given[0].time, given[-1].time)
 
@@ -258,7 +258,7 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
         facts = _in_window(ctx.timeline, concept, window)
         if not facts:
             if unknown_when_missing:
-                return Result(None, missing=f"no {concept} recorded in {_describe(window)}")
+                return Result(None, missing=f"no {concept} recorded in {_describe(ctx, window)}")
             return Result(False)
         limit, note = threshold(ctx.timeline.age_years())
         notes = (note,) if note else ()
@@ -273,7 +273,7 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
                 boluses = [a for a in _administrations(ctx.timeline, follow_meds, after) if a.time >= reading.time]
                 if boluses:
                     return Result(True, (reading, boluses[0]), reading.time, boluses[0].time, notes)
-        shown = ", ".join(f"{f.value:g} {f.unit} at {f.time.isoformat()}" for f in low)
+        shown = ", ".join(f"{f.value:g} {f.unit} at {ctx.timeline.local(f.time)}" for f in low)
         single = (f"{concept} {symbol} {limit:g}: {shown} — not sustained, reported but not graded",)
         return Result(False, tuple(low), notes=notes + single)
 
@@ -348,7 +348,7 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
         scored, present = levels(ctx, window)
         if not present:
             if unknown_when_missing:
-                return Result(None, missing=f"no oxygen data (device, flow or SpO2) in {_describe(window)}")
+                return Result(None, missing=f"no oxygen data (device, flow or SpO2) in {_describe(ctx, window)}")
             return Result(0)
         if not scored:
             return Result(0, notes=("SpO2 recorded without oxygen device or flow: room air assumed",))
@@ -380,8 +380,8 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
     return evaluate, candidates
 
 
-def _describe(window: Window) -> str:
-    return f"({window.start.isoformat()}, {window.end.isoformat()}]"
+def _describe(ctx: Context, window: Window) -> str:
+    return f"({ctx.timeline.local(window.start)}, {ctx.timeline.local(window.end)}]"
 
 
 CONDITION_TYPES: dict[str, Callable[[Mapping[str, Any], Compiler], tuple[Evaluator, CandidateTimes]]] = {

@@ -143,6 +143,16 @@ class GradingRule:
                 seen[note] = None
         return tuple(seen)
 
+    def grade_only(self, ctx: Context, window: Window) -> int | None:
+        """The grade of a window without its evidence: the sweep over past windows needs only this."""
+        truth = self.requires(ctx, window)[0]
+        if not truth:
+            return None if truth is None else 0
+        for level in self.levels:
+            if level.when(ctx, window)[0]:
+                return level.grade
+        return 0
+
     def _maximum(self, ctx: Context, current: GradeResult) -> GradeResult:
         """The worst window since day 0: windows ending where some criterion turns positive."""
         as_of = ctx.timeline.as_of
@@ -150,12 +160,17 @@ class GradingRule:
         ends: set[datetime] = set()
         for compiled in self.criteria.values():
             ends.update(t for t in compiled.candidate_times(ctx, span) if span.start < t <= as_of)
-        best = current
+        highest = max(level.grade for level in self.levels)
+        best_grade, best_window = current.grade, current.window
         for end in sorted(ends, reverse=True):
-            result = self.grade(ctx, Window(max(end - self.window, span.start), end))
-            if (result.grade or 0) > (best.grade or 0) or (best.grade is None and result.grade is not None):
-                best = result
-        return GradeResult(best.grade, span, best.evidence, best.reasons, best.missing, best.notes)
+            if (best_grade or 0) >= highest:
+                break
+            window = Window(max(end - self.window, span.start), end)
+            grade = self.grade_only(ctx, window)
+            if (grade or 0) > (best_grade or 0) or (best_grade is None and grade is not None):
+                best_grade, best_window = grade, window
+        best = current if best_window == current.window else self.grade(ctx, best_window)
+        return best
 
 
 class _Empty:

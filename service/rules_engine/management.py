@@ -192,7 +192,7 @@ class ManagementRule:
         last = given[-1]
         wait_until = last.time + timedelta(hours=limits["min_interval_hours"])
         if wait_until > as_of:
-            reasons.append(f"last dose at {last.time.isoformat()}, less than {limits['min_interval_hours']} h ago")
+            reasons.append(f"last dose at {timeline.local(last.time)}, less than {limits['min_interval_hours']} h ago")
             next_possible = wait_until
         recent = [a for a in given if as_of - a.time < timedelta(hours=24)]
         if len(recent) >= limits["max_in_24_hours"]:
@@ -201,4 +201,4 @@ class ManagementRule:
             next_possible = max(next_possible or free_at, free_at)
         if next_possible is None:
             return False, None, tuple(given)
-        return True, "; ".join(reasons) + f". Next dose possible from {next_possible.isoformat()}.", tuple(given)
+        return True, "; ".join(reasons) + f". Next dose possible from {timeline.local(next_possible)}.", tuple(given)

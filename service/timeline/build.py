@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import Iterable
 
 from service.errors import InputError, Issue
@@ -55,7 +55,8 @@ def _relative(reference: str) -> str:
 class _Builder:
     def __init__(self, terminology: Terminology, as_of: datetime, options: BuildOptions) -> None:
         self.terms = terminology
-        self.as_of = as_of
+        self.display_offset = as_of.tzinfo
+        self.as_of = as_of.astimezone(timezone.utc)
         self.options = options
         self.notes: list[InputNote] = []
         self.ignored_codes: Counter[str] = Counter()
@@ -68,8 +69,9 @@ class _Builder:
         self.references: set[str] = set()
 
     # --- time -----------------------------------------------------------------------------------
-    def _effective(self, resource: Resource, location: str) -> tuple[datetime, datetime | None, bool, bool] | None:
-        """(start, end, ongoing, date_only) or None when the resource has no usable time (noted)."""
+    def _effective(self, resource: Resource, location: str) -> tuple[datetime, datetime | None, bool, bool, tzinfo] | None:
+        """(start and end in UTC, ongoing, date_only, the start's own UTC offset), or None when the
+        resource has no usable time (noted)."""
         try:
             if resource.effectiveDateTime is not None:
                 start, element = parse_fhir_datetime(resource.effectiveDateTime), "effectiveDateTime"
@@ -92,11 +94,15 @@ class _Builder:
             return None
         date_only = isinstance(start, DateOnly)
         if date_only:
-            start = date_start(start.day, self.as_of.tzinfo)
+            start = date_start(start.day, self.display_offset)
+        offset = start.tzinfo
+        start = start.astimezone(timezone.utc)
+        if end is not None:
+            end = end.astimezone(timezone.utc)
         if start > self.as_of:
             self.future += 1
             return None
-        return start, end, ongoing, date_only
+        return start, end, ongoing, date_only, offset
 
     def _note(self, code: str, severity: str, message: str, location: str | None) -> None:
         self.notes.append(InputNote(code, severity, message, location))
@@ -128,7 +134,7 @@ class _Builder:
         timing = self._effective(resource, location)
         if timing is None:
             return
-        start, end, ongoing, date_only = timing
+        start, end, ongoing, date_only, _offset = timing
         source = _reference_of(entry)
         used = False
         if concept is not None:
@@ -210,7 +216,7 @@ class _Builder:
         timing = self._effective(resource, location)
         if timing is None:
             return
-        start, end, ongoing, _date_only = timing
+        start, end, ongoing, _date_only, offset = timing
         if not ongoing and end is None:
             end = start  # a single administration at a point in time
         elif ongoing and resource.status != "in-progress":
@@ -225,7 +231,7 @@ class _Builder:
         source = _reference_of(entry)
         display = _display(resource.medicationCodeableConcept) or concept
         self.administrations[concept].append(
-            Administration(concept, start, end, dose, resource.status or "", display, source)
+            Administration(concept, start, end, dose, resource.status or "", display, source, offset)
         )
         self.references.add(source)
 
@@ -270,7 +276,7 @@ class _Builder:
             notes.append(InputNote("ignored-code", "information", f"code {label} is not used by the rules", None, count))
         if self.future:
             notes.append(
-                InputNote("dropped-future", "information", f"resources after the evaluation time {self.as_of.isoformat()} ignored", None, self.future)
+                InputNote("dropped-future", "information", f"resources after the evaluation time {self.as_of.astimezone(self.display_offset).isoformat()} ignored", None, self.future)
             )
         return notes
 
@@ -354,9 +360,10 @@ def build_timeline(
     measurements = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.measurements.items()}
     administrations_by = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.administrations.items()}
     coded = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.coded.items()}
-    day_zero = _day_zero(administrations_by, terminology, options, as_of, notes)
+    day_zero = _day_zero(administrations_by, terminology, options, notes)
     return Timeline(
-        as_of=as_of,
+        as_of=builder.as_of,
+        display_offset=builder.display_offset,
         patient=patient_ref,
         birth_date=birth_date,
         deceased=deceased,
@@ -378,10 +385,15 @@ def _single_patient(
     seen: dict[str, str] = {}  # reference -> location where first seen
     for entry in patients:
         seen.setdefault(_reference_of(entry), f"{entry.location}.id")
+    resolved: dict[str, str] = {}  # every resource of a bundle names the same few subjects: resolve each once
     for entry in clinical:
         subject = entry.resource.subject.reference if entry.resource.subject else None
         if subject:
-            seen.setdefault(_relative(full_url_to_ref.get(subject, subject)), f"{entry.location}.subject.reference")
+            reference = resolved.get(subject)
+            if reference is None:
+                reference = resolved[subject] = _relative(full_url_to_ref.get(subject, subject))
+            if reference not in seen:
+                seen[reference] = f"{entry.location}.subject.reference"
     if len(seen) > 1:
         first, second = list(seen.items())[:2]
         raise InputError(
@@ -399,9 +411,11 @@ def _single_patient(
 
 
 def _day_zero(administrations: dict[str, tuple[Administration, ...]], terminology: Terminology,
-              options: BuildOptions, as_of: datetime, notes: list[InputNote]) -> DayZero | None:
-    if options.infusion_override is not None:
-        return DayZero(options.infusion_override, "parameter infusionDate", "unspecified", options.infusion_override_date_only)
+              options: BuildOptions, notes: list[InputNote]) -> DayZero | None:
+    override = options.infusion_override
+    if override is not None:
+        return DayZero(override.astimezone(timezone.utc), override.tzinfo, "parameter infusionDate", "unspecified",
+                       options.infusion_override_date_only)
     infusions = sorted(
         (fact for concept in terminology.members(["car-t-product"]) for fact in administrations.get(concept, ())),
         key=lambda fact: fact.time,
@@ -413,7 +427,7 @@ def _day_zero(administrations: dict[str, tuple[Administration, ...]], terminolog
         notes.append(
             InputNote(
                 "flagged-status", "warning",
-                f"{len(infusions)} CAR-T infusions recorded; day 0 is the latest, {latest.time.isoformat()} ({latest.source})",
+                f"{len(infusions)} CAR-T infusions recorded; day 0 is the latest, {latest.time.isoformat()} UTC ({latest.source})",
             )
         )
-    return DayZero(latest.time, latest.source, latest.concept)
+    return DayZero(latest.time, latest.offset or timezone.utc, latest.source, latest.concept)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from typing import Mapping
 
 
@@ -44,6 +44,7 @@ class Administration:
     status: str
     display: str
     source: str
+    offset: tzinfo | None = None  # UTC offset the start was recorded in (day 0 counts days in it)
 
     def end_or(self, now: datetime) -> datetime:
         return now if self.end is None else self.end
@@ -65,25 +66,31 @@ class InputNote:
 
 @dataclass(frozen=True, slots=True)
 class DayZero:
-    time: datetime
+    time: datetime  # UTC, like every fact time
+    offset: tzinfo  # the UTC offset the infusion was recorded in: days are counted in it
     source: str  # the infusion's reference, or "parameter infusionDate"
     product: str  # concept id of the CAR-T product, or "unspecified"
     date_only: bool = False
 
     @property
     def date(self) -> date:
-        return self.time.date()
+        return self.time.astimezone(self.offset).date()
 
     def day_of(self, moment: datetime) -> int:
         """Calendar-day difference in the UTC offset of the infusion's timestamp."""
-        return (moment.astimezone(self.time.tzinfo).date() - self.time.date()).days
+        return (moment.astimezone(self.offset).date() - self.date).days
 
 
 @dataclass(frozen=True)
 class Timeline:
-    """All usable facts for one patient up to the evaluation time, sorted by time and indexed by concept."""
+    """All usable facts for one patient up to the evaluation time, sorted by time and indexed by concept.
 
-    as_of: datetime
+    Times are held in UTC (one tzinfo object makes comparisons cheap); `local` shows them in the UTC offset
+    of the evaluation time the caller gave.
+    """
+
+    as_of: datetime  # UTC
+    display_offset: tzinfo
     patient: str | None  # "Patient/id"
     birth_date: date | None
     deceased: bool
@@ -95,6 +102,9 @@ class Timeline:
     administrations: Mapping[str, tuple[Administration, ...]]
     notes: tuple[InputNote, ...] = field(default=())
     input_references: frozenset[str] = field(default=frozenset())
+
+    def local(self, moment: datetime) -> str:
+        return moment.astimezone(self.display_offset).isoformat()
 
     def age_years(self) -> int | None:
         if self.birth_date is None:

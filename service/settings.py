@@ -33,7 +33,6 @@ class Settings:
     # configurable (window length, waiver lapse, blood-pressure threshold ...).
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_level: str = "INFO"
-    service_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -196,19 +196,31 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
         given = [a for a in _administrations(ctx.timeline, medications, after) if a.time >= onset.first_positive]
         return onset.first_positive, given
 
+    def evidence_times(ctx: Context, onset_time: datetime) -> list[datetime]:
+        """Times of CRS evidence (fever, hypotension, hypoxia) since onset, computed once per request."""
+        key = (spec["_name"] + "#evidence", onset_time, ctx.timeline.as_of)
+        if key not in ctx.cache:
+            since_onset = Window(onset_time, ctx.timeline.as_of)
+            ctx.cache[key] = sorted({t for name in renewed_by for t in ctx.criteria[name].candidate_times(ctx, since_onset)})
+        return ctx.cache[key]
+
     def evaluate(ctx: Context, window: Window) -> Result:
         onset_time, given = therapies(ctx, window)
         if not given:
             return Result(False)
-        since_onset = Window(onset_time, window.end)
-        last_evidence = max(a.time for a in given)
-        for name in renewed_by:
-            renewal = ctx.result(name, since_onset)
-            if renewal.value and renewal.last_positive and renewal.last_positive > last_evidence:
-                last_evidence = renewal.last_positive
-        if window.end - last_evidence > lapse:
-            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence since {ctx.timeline.local(last_evidence)}",))
         given.sort(key=lambda a: a.time)
+        # Walk forward: therapy (re)starts the waiver; CRS evidence renews it only while it is still active,
+        # so a gap longer than the lapse ends it and later evidence alone does not revive it.
+        events = [(a.time, True) for a in given]
+        events += [(t, False) for t in evidence_times(ctx, onset_time) if t <= window.end]
+        active_until: datetime | None = None
+        last = given[0].time
+        for moment, is_therapy in sorted(events):
+            if is_therapy or (active_until is not None and moment <= active_until):
+                active_until = moment + lapse
+                last = moment
+        if active_until is None or window.end > active_until:
+            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence within {lapse} after {ctx.timeline.local(last)}",))
         return Result(True, (given[0], given[-1]) if len(given) > 1 else tuple(given), given[0].time, given[-1].time)
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
@@ -237,7 +249,12 @@ def concurrent_administrations(spec: Mapping[str, Any], c: Compiler) -> tuple[Ev
         return Result(float(count), tuple(sorted(best, key=lambda a: a.time)), min(a.time for a in running), last)
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
-        return [max(a.time, window.start + timedelta(microseconds=1)) for a in _administrations(ctx.timeline, medications, window)]
+        """Starts (clipped to the window) and ends of running agents: evidence through the whole infusion."""
+        times = []
+        for a in _administrations(ctx.timeline, medications, window):
+            times.append(max(a.time, window.start + timedelta(microseconds=1)))
+            times.append(min(a.end_or(window.end), window.end))
+        return times
 
     return evaluate, candidates
 

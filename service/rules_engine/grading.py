@@ -109,16 +109,17 @@ class GradingRule:
         if truth is False:
             examined = tuple(fact for name in self.criteria for fact in ctx.memo.get((name, window.start, window.end), _EMPTY).evidence)
             return GradeResult(0, window, examined, (), (), self._notes(ctx, window))
-        undecided: list[str] = []
         reasons = gate_reasons
         grade = 0
         for level in self.levels:
-            level_truth, level_reasons, missing = level.when(ctx, window)
+            level_truth, level_reasons, _missing = level.when(ctx, window)
             if level_truth:
                 grade, reasons = level.grade, gate_reasons + level_reasons
                 break
-            if level_truth is None:
-                undecided += missing
+        # Every criterion without data in the window is reported, even one that could not change this grade:
+        # the clinician sees that blood pressure or oxygen was not charted (clinical-spec section 1).
+        undecided = [result.missing for result in (ctx.result(name, window) for name in self.criteria)
+                     if result.value is None and result.missing]
         unique = tuple(_unique_reasons(reasons))
         return GradeResult(grade, window, _evidence(unique), unique, tuple(dict.fromkeys(undecided)), self._notes(ctx, window))
 

@@ -151,7 +151,7 @@ class ManagementRule:
         if finding.onset is None:
             return f"{text} (CRS onset time unknown.)"
         lasted = (timeline.as_of - finding.onset).total_seconds() / 86400
-        if lasted >= days:
+        if lasted > days or (lasted == days and not item.get("persisting_strictly")):
             return f"{text} Symptoms have lasted {lasted:.1f} days since onset: criterion met."
         return f"{text} Symptoms have lasted {lasted:.1f} days since onset: not yet indicated (threshold {days:g} days)."
 

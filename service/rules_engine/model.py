@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Mapping
 
 from service.timeline.facts import Fact
 
@@ -88,4 +88,3 @@ class Finding:
     onset_day: int | None
     atypical_onset: bool
     day_zero_known: bool
-    trace: tuple[Mapping[str, Any], ...] = field(default=())

@@ -6,6 +6,7 @@ decode -> timeline -> rules -> FHIR outputs -> cards. Pure: no Flask, no I/O, th
 from __future__ import annotations
 
 import gc
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from service.fhir_output.build import (
     validated,
 )
 from service.rules_engine.load import Evaluation, RuleSet, load_rule_set
+from service.rules_engine.model import Finding
 from service.settings import Settings
 from service.timeline.build import BuildOptions, SourcedEntry, build_timeline, entries_from_bundle
 from service.timeline.facts import Timeline
@@ -105,8 +107,8 @@ class Engine:
         key = (self.rules.version, timeline.patient or "-", options.as_of.isoformat(), guideline)
         for finding in evaluation.findings:
             plan = plans.get(finding.rule.rule_id)
-            ra_id = stable_id(*key, finding.rule.rule_id)
-            ra = validated(risk_assessment(finding, timeline, self.output, ra_id, plan.guideline_id if plan else None))
+            ra_id = stable_id(*key, finding.rule.rule_id, finding_digest(finding))
+            ra = validated(risk_assessment(finding, timeline, self.output, ra_id, guideline))
             resources.append(ra)
             cp = None
             if plan is not None:
@@ -142,6 +144,13 @@ def strict_validate(body: bytes) -> None:
                 Issue("input-invalid-resource", f"{resource['resourceType']}: {first['msg']}", f"Bundle.entry[{index}].resource{path}"),
                 status=422,
             ) from None
+
+
+def finding_digest(finding: Finding) -> str:
+    """What the finding says (grades and evidence): different findings never share an output id."""
+    parts = [str(finding.current.grade), str(finding.maximum.grade)]
+    parts += sorted({fact.source for fact in finding.current.evidence + finding.maximum.evidence})
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 _DEFAULT_ENGINE: Engine | None = None

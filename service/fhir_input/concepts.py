@@ -59,6 +59,12 @@ class TextMatcher:
         found = self.pattern.search(text)
         return self.concept_of[found.group(0).lower()] if found else None
 
+    def match_all(self, text: str | None) -> tuple[str, ...]:
+        """Every concept the text names, in order: free text may name two drugs in one line."""
+        if not text or self.pattern is None:
+            return ()
+        return tuple(dict.fromkeys(self.concept_of[m.group(0).lower()] for m in self.pattern.finditer(text)))
+
 
 @dataclass(frozen=True)
 class ValueSet:

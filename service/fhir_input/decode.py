@@ -96,9 +96,12 @@ class Bundle(msgspec.Struct, gc=False):
 
 
 # Second pass: the entry's resource kept as raw bytes until its type is known.
+_NULL = msgspec.Raw(b"null")
+
+
 class _RawEntry(msgspec.Struct, gc=False):
     fullUrl: str | None = None
-    resource: msgspec.Raw | None = None
+    resource: msgspec.Raw = _NULL  # msgspec cannot put Raw in a union: null arrives as Raw(b"null")
 
 
 class _RawBundle(msgspec.Struct, gc=False):
@@ -152,6 +155,8 @@ def decode_bundle(body: bytes, root: str = "Bundle") -> DecodedBundle:
         return _decode_entry_by_entry(body, root)
     except msgspec.DecodeError as exc:
         raise InputError(Issue("input-not-json", f"Body is not valid JSON: {exc}", None, fhir_type="structure"))
+    except RecursionError:
+        raise InputError(Issue("input-not-json", "JSON nested too deeply", root, fhir_type="structure")) from None
     _check_bundle_head(bundle.resourceType, bundle.type, root)
     entries: list[DecodedEntry] = []
     ignored: dict[str, list[int]] = {}
@@ -181,6 +186,13 @@ def _check_bundle_head(resource_type: str | None, bundle_type: str | None, root:
 
 def _decode_entry_by_entry(body: bytes, root: str) -> DecodedBundle:
     try:
+        return _entry_by_entry(body, root)
+    except RecursionError:
+        raise InputError(Issue("input-not-json", "JSON nested too deeply", root, fhir_type="structure")) from None
+
+
+def _entry_by_entry(body: bytes, root: str) -> DecodedBundle:
+    try:
         shell = _RAW_BUNDLE_DECODER.decode(body)
     except msgspec.ValidationError as exc:
         what, path = split_validation_message(exc)
@@ -191,7 +203,7 @@ def _decode_entry_by_entry(body: bytes, root: str) -> DecodedBundle:
     entries: list[DecodedEntry] = []
     ignored: dict[str, list[int]] = {}
     for index, entry in enumerate(shell.entry or ()):
-        if entry.resource is None:
+        if bytes(entry.resource) == b"null":
             continue
         location = f"{root}.entry[{index}].resource"
         try:
@@ -220,3 +232,5 @@ def decode_resource(raw: bytes | msgspec.Raw, location: str) -> Resource:
         raise InputError(Issue("input-wrong-type", what, location + path), status=422)
     except msgspec.DecodeError as exc:
         raise InputError(Issue("input-not-json", f"Not valid JSON: {exc}", location, fhir_type="structure"))
+    except RecursionError:
+        raise InputError(Issue("input-not-json", "JSON nested too deeply", location, fhir_type="structure")) from None

@@ -17,6 +17,12 @@ class TimeError(ValueError):
     pass
 
 
+# Instants outside these years cannot be clinical data, and near datetime's limits window arithmetic
+# (24 h back, UTC conversion) would overflow.
+EARLIEST_YEAR = 1900
+LATEST_YEAR = 2999
+
+
 def parse_fhir_datetime(text: str) -> datetime | DateOnly:
     """Parse a FHIR dateTime. A time without a UTC offset is invalid FHIR and raises TimeError."""
     if len(text) <= 10:
@@ -25,6 +31,8 @@ def parse_fhir_datetime(text: str) -> datetime | DateOnly:
             year = int(parts[0])
             month = int(parts[1]) if len(parts) > 1 else 1
             day = int(parts[2]) if len(parts) > 2 else 1
+            if not EARLIEST_YEAR <= year <= LATEST_YEAR:
+                raise ValueError("year out of range")
             return DateOnly(date(year, month, day))
         except (ValueError, IndexError) as exc:
             raise TimeError(f"{text!r} is not a FHIR date") from exc
@@ -34,6 +42,8 @@ def parse_fhir_datetime(text: str) -> datetime | DateOnly:
         raise TimeError(f"{text!r} is not a FHIR dateTime") from exc
     if moment.tzinfo is None:
         raise TimeError(f"{text!r} has a time but no UTC offset")
+    if not EARLIEST_YEAR <= moment.year <= LATEST_YEAR:
+        raise TimeError(f"{text!r} is outside the years {EARLIEST_YEAR}-{LATEST_YEAR}")
     return moment
 
 

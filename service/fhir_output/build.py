@@ -64,7 +64,7 @@ def subject_of(timeline: Timeline) -> dict[str, str]:
 
 
 def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
-                    management_guideline: str | None) -> dict[str, Any]:
+                    management_guideline: str) -> dict[str, Any]:
     rule = finding.rule
     cs = config.codesystem
     day_zero = timeline.day_zero
@@ -72,13 +72,11 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
     missing = list(dict.fromkeys(finding.current.missing + finding.maximum.missing))
     method_text = (
         f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); "
-        f"guideline {rule.guideline_id}: {rule.guideline_citation}"
+        f"grading guideline {rule.guideline_id}: {rule.guideline_citation}; management guideline version {management_guideline}"
     )
-    if management_guideline:
-        method_text += f"; management guideline version {management_guideline}"
     extensions = [
         {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
-        {"url": config.profile("guideline-version"), "valueString": management_guideline or rule.guideline_id},
+        {"url": config.profile("guideline-version"), "valueString": management_guideline},
     ] + [{"url": config.profile("missing-data"), "valueString": text} for text in missing]
     notes = [{"text": "The engine cannot exclude infection or neutropenic sepsis as the cause of fever."}]
     if finding.onset is not None:

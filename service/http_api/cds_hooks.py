@@ -72,6 +72,8 @@ def _decode_request(body: bytes) -> HookRequest:
         raise InputError(Issue("input-wrong-type", f"Not a CDS Hooks request: {what}", path.lstrip(".")), status=422) from exc
     except msgspec.DecodeError as exc:
         raise InputError(Issue("input-not-json", f"Body is not valid JSON: {exc}", None, fhir_type="structure")) from exc
+    except RecursionError:
+        raise InputError(Issue("input-not-json", "JSON nested too deeply", None, fhir_type="structure")) from None
     if hook_request.hook is None:
         raise InputError(Issue("input-bad-parameter", "hook is required", "hook", fhir_type="required"))
     if hook_request.hook != HOOK:

@@ -240,7 +240,9 @@ def concurrent_administrations(spec: Mapping[str, Any], c: Compiler) -> tuple[Ev
         # The most distinct agents running at one instant: check each start (clipped to the window).
         for anchor in running:
             moment = max(anchor.time, window.start)
-            at_once = [a for a in running if a.time <= moment <= a.end_or(window.end)]
+            # An infusion that ends as another starts is a switch, not two agents at once.
+            at_once = [a for a in running
+                       if a.time <= moment and (moment < a.end_or(window.end) or a.time == moment)]
             agents = {a.concept for a in at_once}
             if len(agents) > len({a.concept for a in best}):
                 best = at_once
@@ -356,7 +358,11 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
         for flow in _in_window(timeline, flow_concept, window):
             device = device_at(devices, times, flow.time)
             kind = device.value if device is not None and device.value is not None else "unknown"
-            scored.append((flow_level(flow.value) if kind in flow_applies else 0, flow))
+            if kind in flow_applies:
+                scored.append((flow_level(flow.value), flow))
+            if device is not None and not window.contains(device.time):
+                # the device charted before the window is still the one delivering this flow
+                scored.append((device_levels.get(device.value or "", 0), device))
         present = bool(scored) or any(_in_window(timeline, concept, window) for concept in presence)
         ctx.cache[key] = (scored, present)
         return scored, present

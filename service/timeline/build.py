@@ -205,13 +205,14 @@ class _Builder:
     # --- medication administrations ---------------------------------------------------------------
     def administration(self, entry: SourcedEntry, contained: dict[str, Resource]) -> None:
         resource, location = entry.resource, entry.location
-        concept = self._medication_concept(resource, contained)
-        if concept is None:
+        concepts = self._medication_concepts(resource, contained)
+        if not concepts:
             self.ignored_codes[_code_label(resource.medicationCodeableConcept)] += 1
             return
+        named = ", ".join(concepts)
         use = administration_use(resource.status)
         if use is not Use.COUNT:
-            self._status_note(use, f"MedicationAdministration ({concept})", resource.status, location)
+            self._status_note(use, f"MedicationAdministration ({named})", resource.status, location)
             return
         timing = self._effective(resource, location)
         if timing is None:
@@ -228,39 +229,44 @@ class _Builder:
             conversion = self.terms.dose_conversions.get(code or "")
             if quantity.value is not None and conversion is not None:
                 dose = conversion.apply(quantity.value)
+        if len(concepts) > 1:
+            dose = None  # which drug the dose belongs to is unknown
+            self._note("flagged-status", "warning", f"medication text names {named}: each counted, dose not attributed", location)
         source = _reference_of(entry)
-        display = _display(resource.medicationCodeableConcept) or concept
-        self.administrations[concept].append(
-            Administration(concept, start, end, dose, resource.status or "", display, source, offset)
-        )
+        display = _display(resource.medicationCodeableConcept) or named
+        for concept in concepts:
+            self.administrations[concept].append(
+                Administration(concept, start, end, dose, resource.status or "", display, source, offset)
+            )
         self.references.add(source)
 
-    def _medication_concept(self, resource: Resource, contained: dict[str, Resource]) -> str | None:
-        concept_of = self._concept_of_codeable
+    def _medication_concepts(self, resource: Resource, contained: dict[str, Resource]) -> tuple[str, ...]:
+        concepts_of = self._concepts_of_codeable
         if resource.medicationCodeableConcept is not None:
-            return concept_of(resource.medicationCodeableConcept)
+            return concepts_of(resource.medicationCodeableConcept)
         reference = resource.medicationReference.reference if resource.medicationReference else None
         if not reference:
-            return None
+            return ()
         medication = contained.get(reference) or self.medications.get(reference) or self.medications.get(_relative(reference))
         if medication is not None and medication.code is not None:
-            return concept_of(medication.code)
-        return self.terms.medication_text.match(resource.medicationReference.display)
+            return concepts_of(medication.code)
+        return self.terms.medication_text.match_all(resource.medicationReference.display)
 
-    def _concept_of_codeable(self, codeable: CodeableConcept) -> str | None:
+    def _concepts_of_codeable(self, codeable: CodeableConcept) -> tuple[str, ...]:
+        """A code decides; without one, every drug the text (or a coding's display) names."""
         terms = self.terms
         for coding in codeable.coding or ():
             concept = terms.medication_by_code.get((coding.system, coding.code))
             if concept:
-                return concept
-        found = terms.medication_text.match(codeable.text)
+                return (concept,)
+        found = terms.medication_text.match_all(codeable.text)
         if found:
             return found
         for coding in codeable.coding or ():
-            found = terms.medication_text.match(coding.display)
+            found = terms.medication_text.match_all(coding.display)
             if found:
                 return found
-        return None
+        return ()
 
     def _status_note(self, use: Use, what: str, status: str | None, location: str) -> None:
         if use is Use.FLAG:
@@ -360,7 +366,7 @@ def build_timeline(
     measurements = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.measurements.items()}
     administrations_by = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.administrations.items()}
     coded = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.coded.items()}
-    day_zero = _day_zero(administrations_by, terminology, options, notes)
+    day_zero = _day_zero(administrations_by, terminology, options, notes, builder.display_offset)
     return Timeline(
         as_of=builder.as_of,
         display_offset=builder.display_offset,
@@ -411,9 +417,11 @@ def _single_patient(
 
 
 def _day_zero(administrations: dict[str, tuple[Administration, ...]], terminology: Terminology,
-              options: BuildOptions, notes: list[InputNote]) -> DayZero | None:
+              options: BuildOptions, notes: list[InputNote], local_offset: tzinfo) -> DayZero | None:
     override = options.infusion_override
     if override is not None:
+        if options.infusion_override_date_only:  # a date: day 0 starts at midnight where the caller is
+            override = override.replace(tzinfo=local_offset)
         return DayZero(override.astimezone(timezone.utc), override.tzinfo, "parameter infusionDate", "unspecified",
                        options.infusion_override_date_only)
     infusions = sorted(

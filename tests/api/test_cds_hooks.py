@@ -1,0 +1,314 @@
+"""CDS Hooks 2.0: discovery, the car-t-toxicity service with prefetch, its errors and CORS."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import pytest
+
+AS_OF = "2026-03-07T12:00:00+01:00"
+SERVICE = "/cds-services/car-t-toxicity"
+CARTOX_CS = "http://cartox.example.org/fhir/CodeSystem/cartox"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+HOOK_INSTANCE = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+
+
+def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"fullUrl": f"https://ehr.example.org/fhir/{r['resourceType']}/{r['id']}", "resource": r,
+                   "search": {"mode": "match"}} for r in resources],
+    }
+
+
+def _prefetch_from(bundle: dict[str, Any]) -> dict[str, Any]:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for entry in bundle["entry"]:
+        by_type.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
+    (patient,) = by_type["Patient"]
+    return {
+        "patient": patient,
+        "observations": _searchset(by_type["Observation"]),
+        "medicationAdministrations": _searchset(by_type["MedicationAdministration"]),
+    }
+
+
+def _hook_request(prefetch: dict[str, Any] | None, patient_id: str | None = "pat-bench", hook: str = "patient-view") -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/prn-hem-01"}
+    if patient_id is not None:
+        context["patientId"] = patient_id
+    request: dict[str, Any] = {
+        "hook": hook,
+        "hookInstance": HOOK_INSTANCE,
+        "fhirServer": "https://ehr.example.org/fhir",
+        "context": context,
+    }
+    if prefetch is not None:
+        request["prefetch"] = prefetch
+    return request
+
+
+@pytest.fixture
+def call(client):
+    def post(body: dict[str, Any] | bytes, as_of: str | None = AS_OF, **params: str):
+        query = {"asOf": as_of, **params} if as_of else dict(params)
+        url = SERVICE + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items()) if query else "")
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        return client.post(url, data=data, content_type="application/json")
+
+    return post
+
+
+@pytest.fixture
+def prefetch(small_bundle) -> dict[str, Any]:
+    return _prefetch_from(small_bundle)
+
+
+def _cards(response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.get_data(as_text=True)[:600]
+    assert response.mimetype == "application/json"
+    document = orjson.loads(response.get_data())
+    assert list(document) == ["cards"]
+    return document["cards"]
+
+
+def _grade_codes(card: dict[str, Any]) -> tuple[str, str]:
+    ra = card["suggestions"][0]["actions"][0]["resource"]
+    assert ra["resourceType"] == "RiskAssessment"
+    return tuple(next(c["code"] for c in p["outcome"]["coding"] if c["system"] == CARTOX_CS) for p in ra["prediction"][:2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------------
+def test_discovery(client, find_empty):
+    response = client.get("/cds-services")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    document = orjson.loads(response.get_data())
+    assert find_empty(document) == []
+    service = next(s for s in document["services"] if s["id"] == "car-t-toxicity")
+    assert len(document["services"]) == 1
+    assert service["hook"] == "patient-view"
+    assert service["title"] and service["description"]
+    prefetch = service["prefetch"]
+    assert set(prefetch) == {"patient", "observations", "medicationAdministrations"}
+    assert prefetch["patient"] == "Patient/{{context.patientId}}"
+    assert prefetch["observations"].startswith("Observation?patient={{context.patientId}}&code=")
+    codes = prefetch["observations"].split("&code=", 1)[1].split(",")
+    assert "http://loinc.org|8310-5" in codes  # body temperature
+    assert "http://loinc.org|8480-6" in codes  # systolic blood pressure
+    assert "http://loinc.org|107117-4" in codes  # oxygen delivery device
+    assert len(codes) == len(set(codes))
+    assert prefetch["medicationAdministrations"] == "MedicationAdministration?patient={{context.patientId}}"
+    assert response.headers["Access-Control-Allow-Origin"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Calls
+# --------------------------------------------------------------------------------------------------
+def test_call_with_prefetch_gives_the_crs_card(call, prefetch, find_empty):
+    response = call(_hook_request(prefetch))
+    assert response.headers["Access-Control-Allow-Origin"]
+    cards = _cards(response)
+    assert len(cards) == 1
+    card = cards[0]
+    assert card["indicator"] == "warning"
+    assert "CRS grade 2" in card["summary"] and len(card["summary"]) < 140
+    assert card["selectionBehavior"] == "at-most-one"
+    assert uuid.UUID(card["uuid"])
+    assert _grade_codes(card) == ("grade-2", "grade-3")
+    actions = card["suggestions"][0]["actions"]
+    assert [(a["type"], a["resource"]["resourceType"]) for a in actions] == [("create", "RiskAssessment"), ("create", "CarePlan")]
+    ra = actions[0]["resource"]
+    assert ra["subject"] == {"reference": "Patient/pat-bench"}
+    assert ra["occurrenceDateTime"] == AS_OF
+    assert {c["system"]: c["code"] for c in ra["prediction"][1]["outcome"]["coding"]}[ICD10CM] == "D89.833"
+    assert ra["prediction"][1]["whenPeriod"]["start"] == "2026-03-02T10:00:00+01:00"  # infusion found in the prefetch
+    assert find_empty(orjson.loads(response.get_data())) == []
+
+
+def test_call_agrees_with_evaluate(call, prefetch, post_evaluate, small_bundle):
+    hook_card = _cards(call(_hook_request(prefetch)))[0]
+    evaluate_card = orjson.loads(post_evaluate(small_bundle).get_data())["cards"][0]
+    assert _grade_codes(hook_card) == _grade_codes(evaluate_card)
+    assert hook_card["summary"] == evaluate_card["summary"]
+    assert hook_card["indicator"] == evaluate_card["indicator"]
+    hook_basis = hook_card["suggestions"][0]["actions"][0]["resource"]["basis"]
+    assert hook_basis == evaluate_card["suggestions"][0]["actions"][0]["resource"]["basis"]
+
+
+def test_call_is_deterministic(call, prefetch):
+    assert call(_hook_request(prefetch)).get_data() == call(_hook_request(prefetch)).get_data()
+
+
+def test_call_with_guideline_and_infusion_date(call, prefetch):
+    card = _cards(call(_hook_request(prefetch), guideline="ASCO-2021", infusionDate="2026-03-04T10:00:00+01:00"))[0]
+    assert "**Recommended (ASCO-2021)**" in card["detail"]
+    ra = card["suggestions"][0]["actions"][0]["resource"]
+    assert ra["prediction"][1]["whenPeriod"]["start"] == "2026-03-04T10:00:00+01:00"
+    assert "(day 2)" in card["detail"]
+
+
+def test_all_prefetch_null_is_not_assessable(call, find_empty):
+    prefetch = {"patient": None, "observations": None, "medicationAdministrations": None}
+    response = call(_hook_request(prefetch))
+    cards = _cards(response)
+    assert len(cards) == 1
+    card = cards[0]
+    assert card["indicator"] == "info"
+    assert "cannot be assessed" in card["summary"]
+    assert _grade_codes(card) == ("not-assessable", "not-assessable")
+    assert find_empty(orjson.loads(response.get_data())) == []
+
+
+def test_null_observations_is_no_data(call, prefetch):
+    prefetch["observations"] = None
+    card = _cards(call(_hook_request(prefetch)))[0]
+    assert card["indicator"] == "info"
+    assert _grade_codes(card)[0] == "not-assessable"
+    ra = card["suggestions"][0]["actions"][0]["resource"]
+    assert ra["subject"] == {"reference": "Patient/pat-bench"}
+
+
+def test_null_medication_administrations_is_no_data(call, prefetch):
+    prefetch["medicationAdministrations"] = None
+    card = _cards(call(_hook_request(prefetch)))[0]
+    # Fever + nasal cannula still grade 2; the maximum 3 now rests on the non-rebreather mask of day 4 alone
+    # (no vasopressor without administrations), and day 0 is unknown.
+    assert _grade_codes(card) == ("grade-2", "grade-3")
+    assert "Day 0 unknown" in card["detail"]
+    ra = card["suggestions"][0]["actions"][0]["resource"]
+    assert all(not b["reference"].startswith("MedicationAdministration/") for b in ra["basis"])
+
+
+def test_null_patient_with_data_still_grades(call, prefetch):
+    prefetch["patient"] = None
+    card = _cards(call(_hook_request(prefetch)))[0]
+    assert _grade_codes(card) == ("grade-2", "grade-3")
+    assert card["suggestions"][0]["actions"][0]["resource"]["subject"] == {"reference": "Patient/pat-bench"}
+
+
+def test_empty_searchsets_are_no_data(call, prefetch):
+    prefetch["observations"] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    card = _cards(call(_hook_request(prefetch)))[0]
+    assert card["indicator"] == "info"
+    assert _grade_codes(card)[0] == "not-assessable"
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["patient", "observations", "medicationAdministrations"])
+def test_missing_prefetch_key(call, prefetch, outcome_issue, key):
+    del prefetch[key]
+    outcome_issue(call(_hook_request(prefetch)), 412, "prefetch-missing", f"prefetch.{key}")
+
+
+def test_missing_prefetch_lists_every_key(call, outcome_issue):
+    response = call(_hook_request(None))
+    outcome_issue(response, 412, "prefetch-missing")
+    expressions = sorted(i["expression"][0] for i in orjson.loads(response.get_data())["issue"])
+    assert expressions == ["prefetch.medicationAdministrations", "prefetch.observations", "prefetch.patient"]
+
+
+@pytest.mark.parametrize("hook", ["order-select", "encounter-start", "PATIENT-VIEW"])
+def test_wrong_hook(call, prefetch, outcome_issue, hook):
+    outcome_issue(call(_hook_request(prefetch, hook=hook)), 400, "hook-unsupported", "hook")
+
+
+def test_missing_patient_id(call, prefetch, outcome_issue):
+    outcome_issue(call(_hook_request(prefetch, patient_id=None)), 400, "input-bad-parameter", "context.patientId")
+
+
+def test_missing_context(call, prefetch, outcome_issue):
+    request = _hook_request(prefetch)
+    del request["context"]
+    outcome_issue(call(request), 400, "input-bad-parameter", "context.patientId")
+
+
+def test_missing_hook_instance(call, prefetch, outcome_issue):
+    request = _hook_request(prefetch)
+    del request["hookInstance"]
+    outcome_issue(call(request), 400, "input-bad-parameter", "hookInstance")
+
+
+def test_patient_id_differs_from_prefetched_patient(call, prefetch, outcome_issue):
+    outcome_issue(call(_hook_request(prefetch, patient_id="someone-else")), 422, "input-multiple-patients", "context.patientId")
+
+
+def test_prefetch_of_two_patients(call, prefetch, outcome_issue):
+    observation = prefetch["observations"]["entry"][5]["resource"]
+    observation["subject"] = {"reference": "Patient/intruder"}
+    outcome_issue(call(_hook_request(prefetch)), 422, "input-multiple-patients")
+
+
+def test_prefetch_patient_that_is_not_a_patient(call, prefetch, outcome_issue):
+    prefetch["patient"] = prefetch["observations"]["entry"][0]["resource"]
+    outcome_issue(call(_hook_request(prefetch)), 422, "input-wrong-type", "prefetch.patient.resourceType")
+
+
+def test_prefetch_observations_not_a_bundle(call, prefetch, outcome_issue):
+    prefetch["observations"] = prefetch["observations"]["entry"][0]["resource"]
+    outcome_issue(call(_hook_request(prefetch)), 400, "input-not-bundle", "prefetch.observations.resourceType")
+
+
+def test_prefetch_wrong_type_is_located(call, prefetch, outcome_issue):
+    entry = next(i for i, e in enumerate(prefetch["observations"]["entry"])
+                 if e["resource"]["code"]["coding"][0]["code"] == "8310-5")
+    prefetch["observations"]["entry"][entry]["resource"]["valueQuantity"]["value"] = "38.5"
+    outcome_issue(call(_hook_request(prefetch)), 422, "input-wrong-type",
+                  f"prefetch.observations.entry[{entry}].resource.valueQuantity.value")
+
+
+def test_hook_request_not_json(call, outcome_issue):
+    outcome_issue(call(b"{hook: patient-view"), 400, "input-not-json")
+
+
+def test_hook_request_wrong_content_type(client, prefetch, outcome_issue):
+    response = client.post(SERVICE, data=orjson.dumps(_hook_request(prefetch)), content_type="text/plain")
+    outcome_issue(response, 415, "input-unsupported-media-type")
+
+
+def test_hook_bad_as_of(call, prefetch, outcome_issue):
+    outcome_issue(call(_hook_request(prefetch), as_of="2026-03-07T12:00:00"), 400, "input-bad-parameter", "asOf")
+
+
+def test_hook_unknown_guideline(call, prefetch, outcome_issue):
+    outcome_issue(call(_hook_request(prefetch), guideline="nope"), 400, "input-bad-parameter", "guideline")
+
+
+def test_service_still_answers_after_errors(call, client, prefetch):
+    for body in (b"[", _hook_request(None), _hook_request(prefetch, hook="order-select")):
+        assert 400 <= call(body).status_code < 500
+    assert client.get("/healthz").status_code == 200
+    assert len(_cards(call(_hook_request(prefetch)))) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# CORS
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [SERVICE, "/cds-services"])
+def test_options_preflight(client, path):
+    response = client.options(path, headers={
+        "Origin": "https://sandbox.cds-hooks.org",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    })
+    assert response.status_code == 200
+    assert response.headers.get("Access-Control-Allow-Origin") in ("*", "https://sandbox.cds-hooks.org")
+    allowed_headers = {h.strip().lower() for h in response.headers.get("Access-Control-Allow-Headers", "").split(",")}
+    assert {"authorization", "content-type"} <= allowed_headers
+    allowed_methods = {m.strip().upper() for m in response.headers.get("Access-Control-Allow-Methods", "").split(",")}
+    assert "POST" in allowed_methods
+
+
+def test_cors_headers_on_errors_too(call, prefetch):
+    response = call(_hook_request(prefetch, hook="order-select"))
+    assert response.status_code == 400
+    assert response.headers.get("Access-Control-Allow-Origin")

@@ -1,0 +1,307 @@
+"""service.fhir_input.concepts + rules/concepts.yaml: codes, text synonyms, groups, verification status."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from service.fhir_input.concepts import CODE_STATUSES, TextMatcher, build_terminology
+from service.resources import rules_dir
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CARTOX_CS = "http://cartox.example.org/fhir/CodeSystem/cartox"
+
+CAR_T_PRODUCTS = {
+    "axicabtagene-ciloleucel",
+    "tisagenlecleucel",
+    "brexucabtagene-autoleucel",
+    "lisocabtagene-maraleucel",
+    "idecabtagene-vicleucel",
+    "ciltacabtagene-autoleucel",
+    "obecabtagene-autoleucel",
+}
+
+
+@pytest.fixture(scope="module")
+def document():
+    return yaml.safe_load((rules_dir() / "concepts.yaml").read_text(encoding="utf-8"))
+
+
+# --- measurement and coded-observation codes ---------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["59408-5", "2708-6"])
+def test_spo2_codes(terminology, code):
+    assert terminology.measurement_by_code[(LOINC, code)] == "oxygen-saturation"
+
+
+@pytest.mark.parametrize(
+    "code, concept",
+    [
+        ("8310-5", "body-temperature"),
+        ("8480-6", "systolic-bp"),
+        ("8462-4", "diastolic-bp"),
+        ("8478-0", "mean-arterial-pressure"),
+        ("3151-8", "oxygen-flow"),
+        ("3150-0", "inhaled-oxygen-concentration"),
+        ("29463-7", "body-weight"),
+        ("718-7", "hemoglobin"),
+        ("777-3", "platelets"),
+        ("26515-7", "platelets"),
+        ("751-8", "neutrophils"),
+        ("26499-4", "neutrophils"),
+    ],
+)
+def test_spec_section_8_loinc_codes(terminology, code, concept):
+    assert terminology.measurement_by_code[(LOINC, code)] == concept
+
+
+@pytest.mark.parametrize("key", [(LOINC, "107117-4"), (LOINC, "41925-9"), (CARTOX_CS, "oxygen-delivery-device")])
+def test_oxygen_delivery_device_codes(terminology, key):
+    assert terminology.coded_by_code[key] == ("oxygen-delivery-device", "oxygen-devices")
+
+
+def test_41925_9_is_only_an_unverified_alias(terminology):
+    """Spec section 8: no source confirms 41925-9; accept it only as an alias."""
+    statuses = {ref.code: ref.status for ref in terminology.all_codes["oxygen-delivery-device"]}
+    assert statuses["41925-9"] == "u"
+    assert statuses["107117-4"] == "s"
+
+
+def test_cartox_system_resolved_against_canonical_base(document):
+    other = build_terminology(document, "https://fhir.example.net/base")
+    assert other.coded_by_code[("https://fhir.example.net/base/CodeSystem/cartox", "oxygen-delivery-device")][0] == "oxygen-delivery-device"
+
+
+def test_blood_pressure_panel_is_a_panel(terminology):
+    assert (LOINC, "85354-9") in terminology.panel_codes
+    assert (LOINC, "85354-9") not in terminology.measurement_by_code
+
+
+# --- oxygen devices -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "code, concept",
+    [
+        ("426854004", "high-flow-nasal-cannula"),
+        ("336623009", "nasal-cannula"),
+        ("466713001", "nasal-cannula"),
+        ("425478008", "blow-by"),
+        ("336602003", "oxygen-mask"),
+        ("427591007", "non-rebreather-mask"),
+        ("464233000", "partial-rebreather-mask"),
+        ("428285009", "venturi-mask"),
+        ("465433006", "venturi-mask"),
+        ("706226000", "cpap-bipap-mask"),
+        ("467645007", "cpap-bipap-mask"),
+        ("425826004", "cpap-bipap-mask"),
+        ("449071006", "mechanical-ventilation"),
+        ("26412008", "mechanical-ventilation"),
+    ],
+)
+def test_snomed_devices(terminology, code, concept):
+    assert terminology.value_sets["oxygen-devices"].by_code[(SNOMED, code)] == concept
+
+
+@pytest.mark.parametrize(
+    "text, concept",
+    [
+        ("High flow nasal cannula 40 L", "high-flow-nasal-cannula"),
+        ("high-flow nasal cannula", "high-flow-nasal-cannula"),
+        ("HFNC 50 L/min FiO2 0.6", "high-flow-nasal-cannula"),
+        ("Nasal cannula 2 L", "nasal-cannula"),
+        ("Non-rebreather mask 15 L", "non-rebreather-mask"),
+        ("Venturi 40%", "venturi-mask"),
+        ("BiPAP 12/5", "cpap-bipap-mask"),
+        ("Intubated, on ventilator", "mechanical-ventilation"),
+        ("Room air", "room-air"),
+    ],
+)
+def test_device_text(terminology, text, concept):
+    assert terminology.value_sets["oxygen-devices"].text.match(text) == concept
+
+
+def test_high_flow_text_is_not_read_as_low_flow_nasal_cannula(terminology):
+    """'nasal cannula' is inside 'high flow nasal cannula': the longer synonym (grade 3) must win."""
+    assert terminology.value_sets["oxygen-devices"].text.match("High flow nasal cannula 40 L") != "nasal-cannula"
+
+
+# --- medications ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text, concept",
+    [
+        ("Noradrenaline 4mg/50ml", "norepinephrine"),
+        ("NOREPINEPHRINE 8 mg in 250 mL", "norepinephrine"),
+        ("Levophed infusion", "norepinephrine"),
+        ("Epinephrine 1 mg", "epinephrine"),
+        ("Argipressin 20 units", "vasopressin"),
+        ("Methylprednisolone 1 g IV", "methylprednisolone"),
+        ("Solu-Medrol 125 mg", "methylprednisolone"),
+        ("Prednisolone 5 mg", "prednisolone"),
+        ("Paracetamol 1 g", "acetaminophen"),
+        ("Actemra 800 mg", "tocilizumab"),
+        ("Yescarta", "axicabtagene-ciloleucel"),
+        ("Kymriah suspension", "tisagenlecleucel"),
+        ("sodium chloride 0.9% bolus 500 mL", "iv-fluid-bolus"),
+    ],
+)
+def test_medication_text(terminology, text, concept):
+    assert terminology.medication_text.match(text) == concept
+
+
+@pytest.mark.parametrize(
+    "text, not_concept",
+    [
+        ("Norepinephrine 4 mg", "epinephrine"),  # epinephrine is inside norepinephrine
+        ("Methylprednisolone 40 mg", "prednisolone"),  # prednisolone is inside methylprednisolone
+    ],
+)
+def test_ingredient_inside_a_longer_word_does_not_match(terminology, text, not_concept):
+    assert terminology.medication_text.match(text) != not_concept
+
+
+@pytest.mark.parametrize("text", ["dopaminergic agent", "predopamine", "dopamine2", "xdobutamine"])
+def test_whole_words_only(terminology, text):
+    assert terminology.medication_text.match(text) is None
+
+
+def test_hyphen_joined_names_are_not_split(terminology):
+    """TextMatcher treats '-' as part of a word. 'dobutamine-dopamine' therefore matches neither agent:
+    it is never resolved to dobutamine (an inotrope, not a vasopressor) and the administration is reported
+    as an unused code rather than silently classified."""
+    matcher = terminology.medication_text
+    assert matcher.match("dobutamine-dopamine") is None
+    assert matcher.match("dobutamine") == "dobutamine"
+    assert matcher.match("dopamine") == "dopamine"
+
+
+def test_text_naming_an_inotrope_and_a_vasopressor_is_not_read_as_the_inotrope_alone(terminology):
+    """Clinical safety: a free text naming dobutamine and dopamine must not be classified as dobutamine
+    only, which would drop the vasopressor from hypotension grading (R4). Unresolved (None) would be safe;
+    dopamine would be safe. Medication texts are read with match_all: every drug named counts."""
+    assert terminology.medication_text.match_all("dobutamine 5 mcg/kg/min + dopamine 5 mcg/kg/min") == ("dobutamine", "dopamine")
+
+
+def test_text_matcher_longest_synonym_wins():
+    matcher = TextMatcher.build({"nasal cannula": "low", "high flow nasal cannula": "high"})
+    assert matcher.match("on high flow nasal cannula") == "high"
+    assert matcher.match("on nasal cannula") == "low"
+
+
+def test_text_matcher_empty():
+    matcher = TextMatcher.build({})
+    assert matcher.match("anything") is None
+    assert TextMatcher.build({"x": "y"}).match(None) is None
+    assert TextMatcher.build({"x": "y"}).match("") is None
+
+
+@pytest.mark.parametrize(
+    "code, concept",
+    [
+        ("7512", "norepinephrine"),
+        ("3992", "epinephrine"),
+        ("8163", "phenylephrine"),
+        ("3628", "dopamine"),
+        ("11149", "vasopressin"),
+        ("3616", "dobutamine"),
+        ("3264", "dexamethasone"),
+        ("6902", "methylprednisolone"),
+        ("8640", "prednisone"),
+        ("8638", "prednisolone"),
+        ("5492", "hydrocortisone"),
+        ("612865", "tocilizumab"),
+        ("161", "acetaminophen"),
+    ],
+)
+def test_rxnorm_ingredients(terminology, code, concept):
+    assert terminology.medication_by_code[(RXNORM, code)] == concept
+
+
+def test_vasopressor_group_includes_vasopressin_but_not_dobutamine(terminology):
+    group = terminology.members(["vasopressor"])
+    assert {"norepinephrine", "epinephrine", "phenylephrine", "dopamine", "vasopressin"} <= group
+    assert "dobutamine" not in group
+
+
+def test_car_t_group_has_all_named_products_and_investigational(terminology):
+    group = terminology.members(["car-t-product"])
+    assert CAR_T_PRODUCTS | {"investigational-car-t"} <= group
+    assert group <= CAR_T_PRODUCTS | {"investigational-car-t"}
+
+
+def test_car_t_products_are_matched_by_name(terminology):
+    for concept in CAR_T_PRODUCTS:
+        name = concept.replace("-", " ")
+        assert terminology.medication_text.match(name) == concept, name
+
+
+def test_waiver_groups(terminology):
+    assert terminology.members(["anti-cytokine"]) == {"tocilizumab", "siltuximab", "anakinra"}
+    assert terminology.members(["systemic-corticosteroid"]) == {
+        "dexamethasone", "methylprednisolone", "prednisone", "prednisolone", "hydrocortisone"
+    }
+    assert "acetaminophen" in terminology.members(["antipyretic"])
+
+
+def test_members_passes_plain_concepts_through(terminology):
+    assert terminology.members(["norepinephrine", "anti-cytokine"]) == {"norepinephrine", "tocilizumab", "siltuximab", "anakinra"}
+
+
+def test_every_group_member_is_a_medication(terminology):
+    for name, members in terminology.groups.items():
+        assert members <= set(terminology.medication_codes), name
+
+
+def test_output_coding_prefers_ingredient_code(terminology):
+    ref = terminology.output_coding("tocilizumab")
+    assert (ref.code, ref.level) == ("612865", "ingredient")
+    assert terminology.output_coding("tisagenlecleucel") is None  # name match only
+    assert terminology.output_coding("norepinephrine").status == "v"
+
+
+# --- verification status on every code ---------------------------------------------------------------------
+
+def _all_code_entries(document):
+    for concept, spec in document["measurements"].items():
+        for entry in spec["codes"]:
+            yield f"measurements.{concept}", entry
+    for entry in document.get("panels", []):
+        yield "panels", entry
+    for concept, spec in document.get("coded_observations", {}).items():
+        for entry in spec["codes"]:
+            yield f"coded_observations.{concept}", entry
+    for name, members in document.get("value_sets", {}).items():
+        for concept, spec in members.items():
+            for entry in spec.get("codes", []):
+                yield f"value_sets.{name}.{concept}", entry
+    for concept, spec in document["medications"].items():
+        for entry in spec.get("codes", []):
+            yield f"medications.{concept}", entry
+
+
+def test_every_code_in_concepts_yaml_has_a_status(document):
+    entries = list(_all_code_entries(document))
+    assert len(entries) > 80
+    missing = [(where, entry) for where, entry in entries if entry.get("status") not in CODE_STATUSES]
+    assert not missing, missing
+
+
+def test_every_code_has_a_known_system(document):
+    systems = set(document["systems"])
+    unknown = [(where, entry) for where, entry in _all_code_entries(document) if entry["system"] not in systems]
+    assert not unknown, unknown
+
+
+def test_loaded_code_refs_keep_status(terminology):
+    for refs in list(terminology.all_codes.values()) + list(terminology.medication_codes.values()):
+        for ref in refs:
+            assert ref.status in CODE_STATUSES, ref
+
+
+def test_spec_unverified_codes_not_marked_verified(document):
+    """Spec section 8: CAR-T products and siltuximab have no verified RxNorm code."""
+    meds = document["medications"]
+    for concept in CAR_T_PRODUCTS | {"siltuximab"}:
+        assert all(entry["status"] != "v" for entry in meds[concept].get("codes", [])), concept

@@ -1,0 +1,276 @@
+"""service.rules_engine.load: the shipped rule set, its version, overrides, schema faults, YAML = JSON,
+and the purity of the clinical core (no Flask)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.errors import RulesError
+from service.fhir_input.decode import decode_bundle
+from service.resources import rules_dir
+from service.rules_engine.load import load_rule_set, rule_files
+from service.timeline.build import BuildOptions, build_timeline, entries_from_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION = re.compile(r"^\d+\.\d+\.\d+\+[0-9a-f]{12}$")
+CET = timezone(timedelta(hours=1))
+AS_OF = datetime(2026, 3, 5, 12, 0, tzinfo=CET)
+
+
+@pytest.fixture
+def rules_copy(tmp_path) -> Path:
+    target = tmp_path / "rules"
+    shutil.copytree(rules_dir(), target)
+    return target
+
+
+def _edit_yaml(path: Path, change) -> None:
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(document)
+    path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _rules_error(directory: Path, **kwargs) -> RulesError:
+    with pytest.raises(RulesError) as info:
+        load_rule_set(directory, **kwargs)
+    return info.value
+
+
+# --- the shipped rule set ----------------------------------------------------------------------------------
+
+def test_shipped_rule_set_loads(rule_set):
+    assert [rule.info.rule_id for rule in rule_set.grading] == ["crs-astct"]
+    assert "crs-astct" in rule_set.management
+    assert "crs_astct.yaml" in rule_set.files
+    assert "concepts.yaml" in rule_set.files
+    assert not any(".cases." in name for name in rule_set.files)
+
+
+def test_version_is_semver_plus_content_hash(rule_set):
+    assert VERSION.match(rule_set.version), rule_set.version
+    ruleset = yaml.safe_load((rules_dir() / "ruleset.yaml").read_text(encoding="utf-8"))
+    assert rule_set.version.split("+")[0] == ruleset["version"]
+
+
+def test_version_stable_across_loads(rule_set):
+    assert load_rule_set().version == rule_set.version
+    assert load_rule_set().version == load_rule_set().version
+
+
+def test_version_changes_with_overrides(rule_set):
+    overridden = load_rule_set(overrides={"crs-astct": {"window_hours": 12}})
+    assert VERSION.match(overridden.version)
+    assert overridden.version != rule_set.version
+    assert overridden.version.split("+")[0] == rule_set.version.split("+")[0]
+    assert overridden.grading[0].window == timedelta(hours=12)
+    assert rule_set.grading[0].window == timedelta(hours=24)
+    assert load_rule_set(overrides={"crs-astct": {"window_hours": 12}}).version == overridden.version
+
+
+def test_version_changes_with_rule_content(rules_copy, rule_set):
+    same = load_rule_set(rules_copy)
+    assert same.version == rule_set.version  # the hash covers contents and names, not the directory
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["parameters"]["fever_celsius"].update(value=38.3))
+    assert load_rule_set(rules_copy).version != rule_set.version
+
+
+def test_unknown_override_parameter_rejected():
+    with pytest.raises(RulesError, match="unknown parameter 'window_hour'"):
+        load_rule_set(overrides={"crs-astct": {"window_hour": 12}})
+
+
+def test_unknown_override_rule_rejected():
+    with pytest.raises(RulesError, match="unknown rules"):
+        load_rule_set(overrides={"crs-astcd": {"window_hours": 12}})
+
+
+def test_override_of_wrong_type_rejected():
+    with pytest.raises(RulesError, match="wrong type"):
+        load_rule_set(overrides={"crs-astct": {"window_hours": "12"}})
+
+
+# --- schema faults ---------------------------------------------------------------------------------------------
+
+def test_comparator_gte_rejected_naming_the_file(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["criteria"]["fever"].update(comparator="gte"))
+    error = _rules_error(rules_copy)
+    assert error.path.endswith("crs_astct.yaml")
+    assert "crs_astct.yaml" in str(error)
+    assert "schema validation failed" in str(error)
+
+
+def test_rule_without_sources_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.pop("sources"))
+    error = _rules_error(rules_copy)
+    assert error.path.endswith("crs_astct.yaml")
+    assert "sources" in str(error)
+
+
+def test_rule_with_empty_sources_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_management.yaml", lambda d: d.update(sources=[]))
+    assert _rules_error(rules_copy).path.endswith("crs_management.yaml")
+
+
+def test_unknown_condition_type_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["criteria"]["fever"].update(type="lab_trend"))
+    error = _rules_error(rules_copy)
+    assert error.path.endswith("crs_astct.yaml")
+
+
+def test_unknown_criterion_field_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["criteria"]["fever"].update(threshhold=38))
+    assert _rules_error(rules_copy).path.endswith("crs_astct.yaml")
+
+
+def test_expression_naming_unknown_criterion_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["grading"].update(requires={"any": ["fever", "waiverr"]}))
+    assert "waiverr" in str(_rules_error(rules_copy))
+
+
+def test_unknown_parameter_reference_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["criteria"]["fever"].update(threshold={"param": "fever_c"}))
+    assert "fever_c" in str(_rules_error(rules_copy))
+
+
+def test_duplicate_rule_id_rejected(rules_copy):
+    shutil.copy(rules_copy / "crs_astct.yaml", rules_copy / "crs_astct_copy.yaml")
+    assert "duplicate rule id" in str(_rules_error(rules_copy))
+
+
+def test_unparseable_rule_file_rejected(rules_copy):
+    (rules_copy / "broken.yaml").write_text("id: [unclosed\n", encoding="utf-8")
+    error = _rules_error(rules_copy)
+    assert error.path.endswith("broken.yaml")
+
+
+def test_concepts_schema_violation_rejected(rules_copy):
+    _edit_yaml(rules_copy / "concepts.yaml", lambda d: d.pop("measurements"))
+    assert _rules_error(rules_copy).path.endswith("concepts.yaml")
+
+
+# --- YAML and JSON ---------------------------------------------------------------------------------------------
+
+def _json_rules(rules_copy: Path) -> Path:
+    source = rules_copy / "crs_astct.yaml"
+    document = yaml.safe_load(source.read_text(encoding="utf-8"))
+    (rules_copy / "crs_astct.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+    source.unlink()
+    return rules_copy
+
+
+def _febrile_timeline(terminology):
+    rx = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    loinc = "http://loinc.org"
+
+    def obs(oid, code, at, **kw):
+        return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"coding": [{"system": loinc, "code": code}]},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": at, **kw}
+
+    resources = [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1965-04-02"},
+        {"resourceType": "MedicationAdministration", "id": "cart", "status": "completed", "subject": {"reference": "Patient/p1"},
+         "medicationCodeableConcept": {"text": "Yescarta"}, "effectiveDateTime": "2026-03-02T10:00:00+01:00"},
+        obs("t1", "8310-5", "2026-03-05T06:00:00+01:00", valueQuantity={"value": 38.9, "unit": "Cel", "code": "Cel"}),
+        obs("dev", "107117-4", "2026-03-05T07:00:00+01:00",
+            valueCodeableConcept={"coding": [{"system": "http://snomed.info/sct", "code": "336623009"}]}),
+        obs("f1", "3151-8", "2026-03-05T07:00:00+01:00", valueQuantity={"value": 3, "unit": "L/min", "code": "L/min"}),
+        obs("bp1", "8480-6", "2026-03-05T08:00:00+01:00", valueQuantity={"value": 82, "unit": "mmHg", "code": "mm[Hg]"}),
+        {"resourceType": "MedicationAdministration", "id": "ne", "status": "in-progress", "subject": {"reference": "Patient/p1"},
+         "medicationCodeableConcept": {"coding": [{"system": rx, "code": "7512"}]},
+         "effectivePeriod": {"start": "2026-03-05T09:00:00+01:00"}},
+    ]
+    body = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}).encode()
+    decoded = decode_bundle(body)
+    return build_timeline(entries_from_bundle(decoded.entries), terminology, AS_OF, BuildOptions(), decoded.ignored_types)
+
+
+def _summary(rule_set, timeline):
+    evaluation = rule_set.evaluate(timeline)
+    findings = [
+        (f.rule.rule_id, f.rule.rule_version, f.current.grade, f.maximum.grade, f.onset, f.onset_day, f.atypical_onset,
+         tuple(r.criterion for r in f.current.reasons), tuple(e.source for e in f.current.evidence),
+         f.current.missing, f.current.notes, tuple(sorted(f.rule.outcome_codes.items())))
+        for f in evaluation.findings
+    ]
+    plans = [(p.rule_id, p.guideline_id, tuple((a.kind, a.code, a.dose_mg, a.description) for a in p.actions))
+             for p in evaluation.plans]
+    return findings, plans
+
+
+def test_yaml_and_json_rule_files_load_the_same_way(rules_copy, rule_set):
+    json_dir = _json_rules(rules_copy)
+    assert "crs_astct.json" in [p.name for p in rule_files(json_dir)]
+    from_json = load_rule_set(json_dir)
+    assert VERSION.match(from_json.version)
+    assert from_json.grading[0].info == rule_set.grading[0].info
+    assert from_json.grading[0].window == rule_set.grading[0].window
+    timeline = _febrile_timeline(rule_set.terminology)
+    yaml_result = _summary(rule_set, timeline)
+    json_result = _summary(from_json, timeline)
+    assert yaml_result == json_result
+    assert yaml_result[0][0][2] == 3  # one vasopressor + low-flow O2 = grade 3 (R3): the comparison is not vacuous
+
+
+def test_json_rule_file_schema_violation_rejected(rules_copy):
+    json_dir = _json_rules(rules_copy)
+    path = json_dir / "crs_astct.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    document["criteria"]["fever"]["comparator"] = "gte"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    assert _rules_error(json_dir).path.endswith("crs_astct.json")
+
+
+# --- the clinical core is pure ------------------------------------------------------------------------------------
+
+CORE = ["service/fhir_input", "service/timeline", "service/rules_engine", "service/fhir_output", "service/cds_cards",
+        "service/pipeline.py"]
+
+
+def _core_files() -> list[Path]:
+    files: list[Path] = []
+    for name in CORE:
+        path = REPO / name
+        assert path.exists(), path
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__"):
+            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                modules.add(node.args[0].value)
+    return modules
+
+
+def test_clinical_core_does_not_import_flask():
+    files = _core_files()
+    assert len(files) >= 15
+    offenders = {
+        str(path.relative_to(REPO)): sorted(m for m in _imported_modules(path) if m.split(".")[0] in ("flask", "werkzeug"))
+        for path in files
+    }
+    offenders = {path: mods for path, mods in offenders.items() if mods}
+    assert not offenders, offenders
+
+
+def test_clinical_core_does_not_import_the_http_layer():
+    offenders = {
+        str(path.relative_to(REPO)): sorted(m for m in _imported_modules(path) if m.startswith(("service.http_api", "service.app")))
+        for path in _core_files()
+    }
+    assert not {p: m for p, m in offenders.items() if m}

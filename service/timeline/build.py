@@ -6,7 +6,7 @@ Nothing unusable is used silently: every resource or value left out becomes an I
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Iterable
 
@@ -363,25 +363,16 @@ def build_timeline(
         deceased = bool(patient.deceasedBoolean or patient.deceasedDateTime)
         builder.references.add(patient_ref or "")
 
-    measurements = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.measurements.items()}
-    administrations_by = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.administrations.items()}
-    coded = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in builder.coded.items()}
-    day_zero = _day_zero(administrations_by, terminology, options, notes, builder.display_offset)
-    return Timeline(
-        as_of=builder.as_of,
-        display_offset=builder.display_offset,
-        patient=patient_ref,
-        birth_date=birth_date,
-        deceased=deceased,
-        day_zero=day_zero,
-        measurements=measurements,
-        measurement_times={k: tuple(f.time for f in v) for k, v in measurements.items()},
-        coded=coded,
-        coded_times={k: tuple(f.time for f in v) for k, v in coded.items()},
-        administrations=administrations_by,
-        notes=tuple(notes),
+    facts = [fact for group in (builder.measurements, builder.coded, builder.administrations)
+             for by_concept in group.values() for fact in by_concept]
+    timeline = Timeline.of_facts(
+        builder.as_of, builder.display_offset, facts,
+        patient=patient_ref, birth_date=birth_date, deceased=deceased,
         input_references=frozenset(ref for ref in builder.references if ref),
     )
+    # Day 0 needs the sorted administrations, and may add a note (several infusions).
+    day_zero = _day_zero(timeline.administrations, terminology, options, notes, builder.display_offset)
+    return replace(timeline, day_zero=day_zero, notes=tuple(notes))
 
 
 def _single_patient(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,10 @@ class Administration:
 
 
 Fact = Measurement | CodedValue | Administration
+
+
+def _time_of(fact: Fact) -> datetime:
+    return fact.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,29 @@ class Timeline:
     administrations: Mapping[str, tuple[Administration, ...]]
     notes: tuple[InputNote, ...] = field(default=())
     input_references: frozenset[str] = field(default=frozenset())
+
+    @classmethod
+    def of_facts(cls, as_of: datetime, display_offset: tzinfo, facts: Iterable[Fact], **details: Any) -> "Timeline":
+        """Sort and index facts by concept (times must be UTC); `details` are the other fields."""
+        grouped: dict[type, dict[str, list[Fact]]] = {Measurement: {}, CodedValue: {}, Administration: {}}
+        for fact in facts:
+            grouped[type(fact)].setdefault(fact.concept, []).append(fact)
+        indexed = {kind: {k: tuple(sorted(v, key=_time_of)) for k, v in by_concept.items()} for kind, by_concept in grouped.items()}
+        measurements, coded = indexed[Measurement], indexed[CodedValue]
+        details.setdefault("patient", None)
+        details.setdefault("birth_date", None)
+        details.setdefault("deceased", False)
+        details.setdefault("day_zero", None)
+        return cls(
+            as_of=as_of,
+            display_offset=display_offset,
+            measurements=measurements,
+            measurement_times={k: tuple(f.time for f in v) for k, v in measurements.items()},
+            coded=coded,
+            coded_times={k: tuple(f.time for f in v) for k, v in coded.items()},
+            administrations=indexed[Administration],
+            **details,
+        )
 
     def local(self, moment: datetime) -> str:
         return moment.astimezone(self.display_offset).isoformat()

@@ -180,29 +180,11 @@ def make_timeline(
 ):
     """A Timeline from Measurement / CodedValue / Administration facts, sorted and indexed like build_timeline
     (times in UTC)."""
-    from service.timeline.facts import Administration, CodedValue, Measurement, Timeline
+    from service.timeline.facts import Timeline
 
-    measurements: dict[str, list] = {}
-    coded: dict[str, list] = {}
-    administrations: dict[str, list] = {}
-    for fact in facts:
-        target = {Measurement: measurements, CodedValue: coded, Administration: administrations}[type(fact)]
-        target.setdefault(fact.concept, []).append(fact)
-    m = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in measurements.items()}
-    c = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in coded.items()}
-    a = {k: tuple(sorted(v, key=lambda f: f.time)) for k, v in administrations.items()}
-    return Timeline(
-        as_of=as_of.astimezone(timezone.utc),
-        display_offset=display_offset or as_of.tzinfo or timezone.utc,
-        patient=patient_ref,
-        birth_date=birth_date,
-        deceased=False,
-        day_zero=day_zero,
-        measurements=m,
-        measurement_times={k: tuple(f.time for f in v) for k, v in m.items()},
-        coded=c,
-        coded_times={k: tuple(f.time for f in v) for k, v in c.items()},
-        administrations=a,
+    return Timeline.of_facts(
+        as_of.astimezone(timezone.utc), display_offset or as_of.tzinfo or timezone.utc, facts,
+        patient=patient_ref, birth_date=birth_date, day_zero=day_zero,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.fhir_input.concepts import MeasurementConcept, Terminology
+from service.fhir_input.concepts import MeasurementConcept, Terminology, UnitConversion
 from service.fhir_input.decode import Quantity
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -32,21 +32,35 @@ def unit_code(quantity: Quantity, terminology: Terminology) -> str | None:
     return None
 
 
+def conversion_for(quantity: Quantity, concept: MeasurementConcept, terminology: Terminology) -> tuple[str, UnitConversion] | Rejected:
+    """The UCUM code sent and its conversion to the concept's canonical unit. Depends only on the unit
+    fields, so callers may cache it per (code, system, unit)."""
+    code = unit_code(quantity, terminology)
+    if code is None:
+        return Rejected("dropped-unit", "value has no unit")
+    conversion = concept.conversions.get(code)
+    if conversion is None:
+        return Rejected("dropped-unit", f"unit {code!r} cannot be converted to {concept.canonical_unit}")
+    return code, conversion
+
+
+def implausible(sent: float, code: str, value: float, concept: MeasurementConcept) -> Rejected | None:
+    if concept.plausible_min <= value <= concept.plausible_max:
+        return None
+    return Rejected(
+        "dropped-implausible",
+        f"{sent:g} {code} = {value:.4g} {concept.canonical_unit} is outside the plausible range "
+        f"{concept.plausible_min:g}–{concept.plausible_max:g} {concept.canonical_unit}",
+    )
+
+
 def normalise(quantity: Quantity, concept: MeasurementConcept, terminology: Terminology) -> Normalised | Rejected:
     """Convert to the concept's canonical unit; reject unknown units and implausible values."""
     if quantity.value is None:
         return Rejected("dropped-value", "no value")
-    code = unit_code(quantity, terminology)
-    if code is None:
-        return Rejected("dropped-unit", f"{quantity.value} has no unit")
-    conversion = concept.conversions.get(code)
-    if conversion is None:
-        return Rejected("dropped-unit", f"unit {code!r} cannot be converted to {concept.canonical_unit}")
+    resolved = conversion_for(quantity, concept, terminology)
+    if isinstance(resolved, Rejected):
+        return resolved
+    code, conversion = resolved
     value = conversion.apply(quantity.value)
-    if not concept.plausible_min <= value <= concept.plausible_max:
-        return Rejected(
-            "dropped-implausible",
-            f"{quantity.value:g} {code} = {value:.4g} {concept.canonical_unit} is outside the plausible range "
-            f"{concept.plausible_min:g}–{concept.plausible_max:g} {concept.canonical_unit}",
-        )
-    return Normalised(value, concept.canonical_unit)
+    return implausible(quantity.value, code, value, concept) or Normalised(value, concept.canonical_unit)

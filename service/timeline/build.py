@@ -11,11 +11,18 @@ from datetime import datetime, timezone, tzinfo
 from typing import Iterable
 
 from service.errors import InputError, Issue
-from service.fhir_input.concepts import Terminology
+from service.fhir_input.concepts import Terminology, UnitConversion
 from service.fhir_input.decode import CodeableConcept, DecodedEntry, Resource
 from service.fhir_input.statuses import Use, administration_use, observation_use
-from service.fhir_input.times import DateOnly, TimeError, date_start, parse_fhir_datetime
-from service.fhir_input.units import Normalised, normalise, unit_code
+from service.fhir_input.times import (
+    EARLIEST_YEAR,
+    LATEST_YEAR,
+    DateOnly,
+    TimeError,
+    date_start,
+    parse_fhir_datetime,
+)
+from service.fhir_input.units import Rejected, conversion_for, implausible, unit_code
 from service.timeline.facts import Administration, CodedValue, DayZero, InputNote, Measurement, Timeline
 
 
@@ -66,12 +73,27 @@ class _Builder:
         self.coded: dict[str, list[CodedValue]] = defaultdict(list)
         self.administrations: dict[str, list[Administration]] = defaultdict(list)
         self.medications: dict[str, Resource] = {}
+        # unit resolution per (concept, code, system, unit): a bundle repeats a few unit spellings thousands of times
+        self.units: dict[tuple[str, str | None, str | None, str | None], tuple[str, UnitConversion] | Rejected] = {}
         self.references: set[str] = set()
 
     # --- time -----------------------------------------------------------------------------------
     def _effective(self, resource: Resource, location: str) -> tuple[datetime, datetime | None, bool, bool, tzinfo] | None:
         """(start and end in UTC, ongoing, date_only, the start's own UTC offset), or None when the
         resource has no usable time (noted)."""
+        text = resource.effectiveDateTime
+        if text is not None and len(text) > 10:
+            # Fast path for the common case, a full dateTime with an offset (the hot loop of a request).
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                moment = None
+            if moment is not None and moment.tzinfo is not None and EARLIEST_YEAR <= moment.year <= LATEST_YEAR:
+                start = moment.astimezone(timezone.utc)
+                if start > self.as_of:
+                    self.future += 1
+                    return None
+                return start, None, False, False, moment.tzinfo
         try:
             if resource.effectiveDateTime is not None:
                 start, element = parse_fhir_datetime(resource.effectiveDateTime), "effectiveDateTime"
@@ -157,27 +179,38 @@ class _Builder:
                 self._note("dropped-value", "information", f"{concept}: no value (data absent)", location)
             return False
         spec = self.terms.measurements[concept]
-        result = normalise(quantity, spec, self.terms)
-        if not isinstance(result, Normalised):
-            self._note(result.code, "warning", f"{concept}: {result.reason}", location + ".valueQuantity")
+        sent = quantity.value
+        if sent is None:
+            self._note("dropped-value", "warning", f"{concept}: no value", location + ".valueQuantity")
             return False
-        original = f"{quantity.value:g} {unit_code(quantity, self.terms)}"
+        key = (concept, quantity.code, quantity.system, quantity.unit)
+        resolved = self.units.get(key)
+        if resolved is None:
+            resolved = self.units[key] = conversion_for(quantity, spec, self.terms)
+        if isinstance(resolved, Rejected):
+            self._note(resolved.code, "warning", f"{concept}: {sent:g}: {resolved.reason}", location + ".valueQuantity")
+            return False
+        code, conversion = resolved
+        value = conversion.apply(sent)
+        rejected = implausible(sent, code, value, spec)
+        if rejected is not None:
+            self._note(rejected.code, "warning", f"{concept}: {rejected.reason}", location + ".valueQuantity")
+            return False
         self.measurements[concept].append(
-            Measurement(concept, result.value, result.unit, start, source, original, date_only)
+            Measurement(concept, value, spec.canonical_unit, start, source, f"{sent:g} {code}", date_only)
         )
         return True
 
     def _component(self, component, index: int, start: datetime, date_only: bool, source: str, location: str) -> bool:
         codings = component.code.coding if component.code and component.code.coding else ()
-        path = f"{location}.component[{index}]"
         for coding in codings:
             key = (coding.system, coding.code)
             concept = self.terms.measurement_by_code.get(key)
             if concept:
-                return self._measurement(concept, component, start, date_only, source, path)
+                return self._measurement(concept, component, start, date_only, source, f"{location}.component[{index}]")
             coded = self.terms.coded_by_code.get(key)
             if coded:
-                return self._coded(coded, component.valueCodeableConcept, start, None, False, source, path)
+                return self._coded(coded, component.valueCodeableConcept, start, None, False, source, f"{location}.component[{index}]")
         return False
 
     def _coded(self, coded: tuple[str, str], value: CodeableConcept | None, start: datetime,

@@ -99,7 +99,7 @@ class Engine:
     def _evaluate(self, entries: list[SourcedEntry], ignored_types: dict[str, list[Any]], options: RequestOptions) -> Outcome:
         guideline = self.check_guideline(options.guideline)
         build_options = BuildOptions(self.settings.accept_preliminary, options.infusion, options.infusion_date_only)
-        timeline = build_timeline(entries, self.rules.terminology, options.as_of, build_options, ignored_types)
+        timeline = build_timeline(entries, self.rules.input_terminology, options.as_of, build_options, ignored_types)
         evaluation = self.rules.evaluate(timeline, guideline)
         plans = {plan.finding.rule.rule_id: plan for plan in evaluation.plans}
         resources: list[dict[str, Any]] = []

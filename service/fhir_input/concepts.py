@@ -6,7 +6,7 @@ Built once at start-up into plain dictionaries so that a request does only looku
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 CODE_STATUSES = ("v", "s", "u")
@@ -88,6 +88,15 @@ class Terminology:
     groups: Mapping[str, frozenset[str]]
     dose_conversions: Mapping[str, UnitConversion]  # medication doses to mg
     all_codes: Mapping[str, tuple[CodeRef, ...]] = field(default_factory=dict)
+
+    def restricted_to(self, observed: frozenset[str]) -> "Terminology":
+        """The same terminology reading only the observation concepts some rule uses: Observations of the
+        others are listed as ignored codes instead of becoming facts nobody reads."""
+        return replace(
+            self,
+            measurement_by_code={k: v for k, v in self.measurement_by_code.items() if v in observed},
+            coded_by_code={k: v for k, v in self.coded_by_code.items() if v[0] in observed},
+        )
 
     def members(self, names: Iterable[str]) -> frozenset[str]:
         """Concept ids named directly or through a medication group."""

@@ -60,6 +60,7 @@ class Compiler:
         self.rule_id = rule_id
         self.params = params
         self.terms = terminology
+        self.observed: set[str] = set()  # observation concepts this rule reads (the input is cut to these)
 
     def value(self, spec: Any) -> Any:
         if isinstance(spec, dict) and set(spec) == {"param"}:
@@ -85,6 +86,13 @@ class Compiler:
     def measurement(self, concept: str) -> str:
         if concept not in self.terms.measurements:
             raise RulesError(self.rule_id, f"unknown measurement concept {concept!r}")
+        self.observed.add(concept)
+        return concept
+
+    def coded_observation(self, concept: str) -> str:
+        if concept not in {name for name, _ in self.terms.coded_by_code.values()}:
+            raise RulesError(self.rule_id, f"unknown coded observation concept {concept!r}")
+        self.observed.add(concept)
         return concept
 
     def threshold(self, spec: Any) -> Callable[[int | None], tuple[float, str | None]]:
@@ -309,7 +317,7 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
 
 
 def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
-    device_concept = spec["device_concept"]
+    device_concept = c.coded_observation(spec["device_concept"])
     flow_concept = c.measurement(spec["flow_concept"])
     presence = [c.measurement(name) for name in spec.get("presence_concepts", [])]
     device_levels = {name: int(level) for name, level in spec["device_levels"].items()}

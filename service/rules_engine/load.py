@@ -70,9 +70,11 @@ class RuleSet:
     """The compiled rules: evaluate(timeline) -> findings and plans. Immutable once loaded."""
 
     def __init__(self, version: str, terminology: Terminology, grading: list[GradingRule],
-                 management: list[ManagementRule], files: list[str], canonical_base: str) -> None:
+                 management: list[ManagementRule], files: list[str], canonical_base: str,
+                 observed: frozenset[str]) -> None:
         self.version = version
         self.terminology = terminology
+        self.input_terminology = terminology.restricted_to(observed)  # what timelines are built with
         self.grading = grading
         self.management = {rule.applies_to: rule for rule in management}
         self.files = files
@@ -133,6 +135,7 @@ def load_rule_set(
     management: list[ManagementRule] = []
     files = [CONCEPTS_FILE, RULESET_FILE]
     known_ids: set[str] = set()
+    observed: set[str] = set()
     for path in rule_files(directory):
         document = read_document(path)
         _validate(validator, document, path)
@@ -146,6 +149,7 @@ def load_rule_set(
             grading.append(GradingRule(document, params, compiler))
         else:
             management.append(ManagementRule(document, compiler))
+        observed |= compiler.observed
         files.append(path.name)
     unknown = set(overrides) - known_ids
     if unknown:
@@ -158,4 +162,4 @@ def load_rule_set(
         digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")
     digest.update(json.dumps(overrides, sort_keys=True).encode())
     version = f"{ruleset['version']}+{digest.hexdigest()[:12]}"
-    return RuleSet(version, terminology, grading, management, files, canonical_base)
+    return RuleSet(version, terminology, grading, management, files, canonical_base, frozenset(observed))

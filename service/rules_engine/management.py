@@ -66,6 +66,7 @@ class ManagementRule:
         self.version = str(document["version"])
         self.applies_to = document["applies_to"]
         self.default_guideline = document["default_guideline"]
+        self.weight_concept = compiler.measurement(document["weight_concept"])
         self.weight_max_age = timedelta(days=compiler.number(compiler.params["weight_max_age_days"]))
         self.adult_from = compiler.number(compiler.params["adult_from_years"])
         self.terminology = compiler.terms
@@ -110,7 +111,7 @@ class ManagementRule:
         return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(actions), tuple(notes))
 
     def _weight(self, timeline: Timeline) -> Measurement | None:
-        weights = timeline.measurements.get("body-weight", ())
+        weights = timeline.measurements.get(self.weight_concept, ())
         if not weights:
             return None
         latest = weights[-1]

@@ -32,9 +32,6 @@ from service.settings import Settings
 from service.timeline.build import BuildOptions, SourcedEntry, build_timeline, entries_from_bundle
 from service.timeline.facts import Timeline
 
-RESPONSE_FORMATS = ("cards", "fhir")
-
-
 @dataclass(frozen=True)
 class RequestOptions:
     as_of: datetime

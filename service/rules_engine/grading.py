@@ -90,7 +90,6 @@ class GradingRule:
             guideline_id=document["guideline"]["id"],
             guideline_citation=" ".join(document["guideline"]["citation"].split()),
             guideline_url=document["guideline"]["url"],
-            sources=tuple(document["sources"]),
             outcome_codes={int(k): str(v) for k, v in document.get("outcome_codes", {}).get("icd10cm", {}).items()},
         )
         self.params = params

@@ -33,9 +33,8 @@ class Result:
 
     @property
     def truth(self) -> bool | None:
-        if self.value is None:
-            return None
-        return bool(self.value)
+        """Three-valued reading of the value: None when data were missing."""
+        return None if self.value is None else bool(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +71,6 @@ class RuleInfo:
     guideline_id: str
     guideline_citation: str
     guideline_url: str
-    sources: tuple[str, ...]
     outcome_codes: Mapping[int, str]  # grade -> ICD-10-CM
 
 

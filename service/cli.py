@@ -57,16 +57,13 @@ def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infu
     """Evaluate a FHIR Bundle FILE ('-' for stdin) and print what POST /evaluate returns."""
     from datetime import datetime, timezone
 
-    from service.fhir_input.times import DateOnly, TimeError, date_start, parse_fhir_datetime, parse_instant_parameter
+    from service.fhir_input.times import TimeError, parse_infusion_date, parse_instant_parameter
     from service.pipeline import RequestOptions, default_engine, render
 
     engine = default_engine()
     try:
         moment = parse_instant_parameter(as_of) if as_of else datetime.now(timezone.utc)
-        infusion, date_only = None, False
-        if infusion_date:
-            parsed = parse_fhir_datetime(infusion_date)
-            infusion, date_only = (date_start(parsed.day), True) if isinstance(parsed, DateOnly) else (parsed, False)
+        infusion, date_only = parse_infusion_date(infusion_date) if infusion_date else (None, False)
     except TimeError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:

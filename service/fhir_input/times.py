@@ -55,5 +55,14 @@ def parse_instant_parameter(text: str) -> datetime:
     return parsed
 
 
+def parse_infusion_date(text: str) -> tuple[datetime, bool]:
+    """Day 0 given by the caller: a date (True: the timeline places it in the caller's offset) or a
+    dateTime with a UTC offset. A '+' turned into a space by URL decoding is read back as '+'."""
+    parsed = parse_fhir_datetime(text.replace(" ", "+") if "T" in text else text)
+    if isinstance(parsed, DateOnly):
+        return date_start(parsed.day), True
+    return parsed, False
+
+
 def date_start(day: date, tz: timezone | None = None) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=tz or timezone.utc)

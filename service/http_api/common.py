@@ -8,7 +8,7 @@ import orjson
 from flask import Response, current_app, request
 
 from service.errors import InputError, Issue, operation_outcome
-from service.fhir_input.times import DateOnly, TimeError, date_start, parse_fhir_datetime, parse_instant_parameter
+from service.fhir_input.times import TimeError, parse_infusion_date, parse_instant_parameter
 from service.pipeline import Engine
 
 JSON_TYPES = ("application/json", "application/fhir+json")
@@ -52,17 +52,14 @@ def as_of_parameter(name: str = "asOf") -> datetime:
 
 
 def infusion_parameter(name: str = "infusionDate") -> tuple[datetime | None, bool]:
-    """infusionDate as a date (day 0 at midnight UTC of that date) or a dateTime with a UTC offset."""
+    """infusionDate as a date or a dateTime with a UTC offset (see parse_infusion_date)."""
     raw = request.args.get(name)
     if raw is None:
         return None, False
     try:
-        parsed = parse_fhir_datetime(raw.replace(" ", "+") if "T" in raw else raw)
+        return parse_infusion_date(raw)
     except TimeError as exc:
         raise InputError(Issue("input-bad-parameter", f"{name}: {exc}", name)) from exc
-    if isinstance(parsed, DateOnly):
-        return date_start(parsed.day), True
-    return parsed, False
 
 
 def strict_parameter(name: str = "validate") -> bool | None:

@@ -109,8 +109,14 @@ def _parameters(document: Mapping[str, Any], overrides: Mapping[str, Any], path:
     for name, value in overrides.items():
         if name not in declared:
             raise RulesError(str(path), f"override names unknown parameter {name!r}")
-        if type(value) is not type(values[name]) and not (isinstance(value, (int, float)) and isinstance(values[name], (int, float))):
+        numeric = isinstance(values[name], (int, float)) and not isinstance(values[name], bool)
+        if type(value) is not type(values[name]) and not (numeric and isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise RulesError(str(path), f"override {name}={value!r} has the wrong type")
+        allowed = declared[name].get("range")
+        if allowed is not None and not allowed["min"] <= value <= allowed["max"]:
+            raise RulesError(
+                str(path), f"override {name}={value!r} is outside the allowed range {allowed['min']:g}-{allowed['max']:g}"
+            )
         values[name] = value
     return values
 

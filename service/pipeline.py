@@ -95,6 +95,12 @@ class Engine:
 
     def _evaluate(self, entries: list[SourcedEntry], ignored_types: dict[str, list[Any]], options: RequestOptions) -> Outcome:
         guideline = self.check_guideline(options.guideline)
+        infusion = options.infusion
+        if infusion is not None and options.infusion_date_only:  # a date: 00:00 of it in the offset of asOf
+            infusion = infusion.replace(tzinfo=options.as_of.tzinfo)
+        if infusion is not None and infusion > options.as_of:
+            raise InputError(Issue("input-bad-parameter", "infusionDate is after the evaluation time (asOf): day 0 cannot be in the future",
+                                   "infusionDate"))
         build_options = BuildOptions(self.settings.accept_preliminary, options.infusion, options.infusion_date_only)
         timeline = build_timeline(entries, self.rules.input_terminology, options.as_of, build_options, ignored_types)
         evaluation = self.rules.evaluate(timeline, guideline)
@@ -105,7 +111,7 @@ class Engine:
         for finding in evaluation.findings:
             plan = plans.get(finding.rule.rule_id)
             ra_id = stable_id(*key, finding.rule.rule_id, finding_digest(finding))
-            ra = validated(risk_assessment(finding, timeline, self.output, ra_id, guideline))
+            ra = validated(risk_assessment(finding, timeline, self.output, ra_id, guideline, self.rules.terminology))
             resources.append(ra)
             cp = None
             if plan is not None:
@@ -113,7 +119,7 @@ class Engine:
                 resources.append(cp)
             card_inputs.append(CardInput(finding, plan, ra, cp))
         outcome = validated(operation_outcome_of_notes(timeline.notes, self.output, stable_id(*key, "input-notes")))
-        cards = tuple(cards_for(card_inputs, timeline, self.output))
+        cards = tuple(cards_for(card_inputs, timeline, self.output, self.rules.terminology))
         return Outcome(timeline, evaluation, tuple(resources), outcome, cards)
 
     def evaluate_bundle_bytes(self, body: bytes, options: RequestOptions) -> Outcome:

@@ -1,20 +1,27 @@
 """Findings -> CDS Hooks 2.0 cards: one mapping from rule metadata to card fields.
 
 One card per finding of grade >= 1 or not-assessable; grade 0 gives no card. No field is ever null or empty.
+The detail is CommonMark read by a clinician: what, why in clinical words, what to do now, what is
+conditional, a few lines of condensed evidence. Every word naming a toxicity or a criterion comes from the
+rule (`presentation`) or the terminology; every string from the input is escaped (cds_cards.markdown).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
-from service.fhir_output.build import OutputConfig, grade_text, note_text, stable_id
-from service.rules_engine.management import Plan
-from service.rules_engine.model import Finding, GradeResult
-from service.timeline.facts import Administration, CodedValue, Fact, Measurement, Timeline
+from service.cds_cards.markdown import Markdown, bullet_list, document, md, paragraph, strong
+from service.fhir_input.concepts import Terminology
+from service.fhir_output.build import OutputConfig, stable_id
+from service.fhir_output.wording import fact_text, grade_text, measurement_text, reason_text
+from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, Plan, PlannedAction
+from service.rules_engine.model import Finding, Reason
+from service.timeline.facts import Fact, Measurement, Timeline
 
 SUMMARY_LIMIT = 140
-EVIDENCE_SHOWN = 12
+EVIDENCE_LINES = 4
 OVERRIDE_REASONS = (
     ("override-alternative-cause", "Another cause explains the findings (e.g. infection)"),
     ("override-data-error", "The data behind this card are wrong or not current"),
@@ -38,101 +45,142 @@ def indicator(grade: int | None) -> str:
 
 
 def summary(finding: Finding) -> str:
-    name = finding.rule.toxicity.upper()
+    words = finding.rule.presentation
     current = finding.current
     if current.grade is None:
-        text = f"{name} cannot be assessed: " + ("no temperature in the last 24 h" if finding.rule.toxicity == "crs" else "data missing")
+        text = f"{words.name} cannot be assessed: " + (current.missing[0] if current.missing else "data missing")
     else:
-        text = f"{name} {grade_text(current.grade)} (ASTCT) in the last 24 h"
-        if (finding.maximum.grade or 0) > (current.grade or 0):
+        text = f"{words.name} {grade_text(current.grade)} ({words.scale}) in the last {finding.rule.window_hours:g} h"
+        if (finding.maximum.grade or 0) > current.grade:
             text += f"; max grade {finding.maximum.grade} since day 0"
         if current.incomplete:
             text += " (data incomplete)"
     return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2] + "…"
 
 
-def describe_fact(fact: Fact, timeline: Timeline) -> str:
-    at = timeline.local(fact.time)
-    if isinstance(fact, Measurement):
-        shown = f"{fact.value:.4g} {fact.unit}"
-        if not fact.original.endswith(fact.unit):
-            shown += f" (sent as {fact.original})"
-        return f"{fact.concept} {shown} at {at} — {fact.source}"
-    if isinstance(fact, CodedValue):
-        value = fact.value or f"unrecognised ({fact.display})"
-        return f"{fact.concept}: {value} at {at} — {fact.source}"
-    if isinstance(fact, Administration):
-        dose = f" {fact.dose_mg:g} mg" if fact.dose_mg is not None else ""
-        end = "" if fact.end == fact.time else (" (running)" if fact.end is None else f" to {timeline.local(fact.end)}")
-        return f"{fact.concept}{dose} ({fact.status}) at {at}{end} — {fact.source}"
-    return str(fact)
+def _headline(finding: Finding, timeline: Timeline) -> Markdown:
+    words = finding.rule.presentation
+    current, maximum = finding.current, finding.maximum
+    head = strong(md("{} {} now", words.name, grade_text(current.grade)))
+    since = "since day 0" if finding.day_zero_known else "over the data sent"
+    worst = grade_text(maximum.grade)
+    if (maximum.grade or 0) > (current.grade or 0):
+        worst += f" at {timeline.local(maximum.window.end)}"
+    return paragraph(md("{}{}", head, md(" ({}, last {:g} h; maximum {}: {})", words.scale, finding.rule.window_hours, since, worst)))
 
 
-def _grade_block(title: str, result: GradeResult, timeline: Timeline) -> list[str]:
-    lines = [f"**{title}: {grade_text(result.grade)}** — window {timeline.local(result.window.start)} to {timeline.local(result.window.end)}"]
-    for reason in result.reasons:
-        value = "yes" if reason.value is True else (f"{reason.value:g}" if isinstance(reason.value, float) else str(reason.value))
-        lines.append(f"- {reason.label}: {value}")
-    for missing in result.missing:
-        lines.append(f"- missing: {missing}")
-    for note in result.notes:
-        lines.append(f"- note: {note}")
-    return lines
+def _onset(finding: Finding, timeline: Timeline) -> Markdown | None:
+    words = finding.rule.presentation
+    if finding.onset is None:
+        return None
+    day = f"day {finding.onset_day}" if finding.onset_day is not None else "day unknown"
+    text = f"{words.onset or 'Onset'} {timeline.local(finding.onset)} ({day})."
+    if finding.episode is not None and finding.episode.start != finding.onset:
+        text += f" Current episode since {timeline.local(finding.episode.start)}."
+    if finding.atypical_onset and words.atypical_onset:
+        text += f" {words.atypical_onset}"
+    return paragraph(md("{}", text))
 
 
-def detail(item: CardInput, timeline: Timeline) -> str:
+def _drug_line(action: PlannedAction) -> Markdown:
+    if action.status == CONDITIONAL and action.condition is not None:
+        condition = action.condition
+        return md("{}: {} Now: {}.", condition.text[:1].upper() + condition.text[1:], action.description, condition.status)
+    if action.status == BLOCKED:
+        return md("{} {}", action.description, action.reason or "")
+    return md("{}", action.description)
+
+
+def _plan_blocks(plan: Plan) -> list[Markdown]:
+    now = [a for a in plan.actions if a.status == GIVE_NOW]
+    conditional = [a for a in plan.actions if a.status == CONDITIONAL]
+    blocked = [a for a in plan.actions if a.status == BLOCKED]
+    blocks = [paragraph(md("{} ({})", strong("Do now"), plan.guideline_id)),
+              bullet_list([_drug_line(a) for a in now] + [md("{}", note) for note in plan.notes])]
+    if conditional:
+        blocks += [paragraph(strong("Conditional")), bullet_list(_drug_line(a) for a in conditional)]
+    if blocked:
+        blocks += [paragraph(strong("Do not give now (label limit)")), bullet_list(_drug_line(a) for a in blocked)]
+    return blocks
+
+
+def _evidence_line(finding: Finding, reason: Reason, timeline: Timeline, terms: Terminology) -> Markdown:
+    """The latest and the worst value of the criterion's measurement in the window, or its evidence."""
+    measured = [f for f in reason.evidence if isinstance(f, Measurement)]
+    if not measured:
+        facts = sorted(reason.evidence, key=lambda f: f.time)[-2:]
+        return md("{} — {}", ", ".join(fact_text(f, timeline, terms) for f in facts), _sources(facts))
+    concept = measured[0].concept
+    window = finding.current.window
+    series = timeline.measurements.get(concept, ())
+    times = timeline.measurement_times.get(concept, ())
+    in_window = [f for f in series[bisect_right(times, window.start): bisect_right(times, window.end)] if not f.date_only] or measured
+    latest = in_window[-1]
+    words = finding.rule.presentation.criteria.get(reason.criterion)
+    lowest = words is not None and words.worst == "lowest"
+    worst = (min if lowest else max)(in_window, key=lambda f: f.value)
+    if worst.value == latest.value:
+        worst = latest
+    shown = [latest] if worst is latest else [latest, worst]
+    text = f"{terms.display(concept)}: latest {measurement_text(latest, terms)} at {timeline.local(latest.time)}"
+    if worst is not latest:
+        text += f", {'lowest' if lowest else 'highest'} {measurement_text(worst, terms)} at {timeline.local(worst.time)}"
+    return md("{} — {}", text, _sources(shown))
+
+
+def _sources(facts: list[Fact]) -> str:
+    return ", ".join(dict.fromkeys(f.source for f in facts))
+
+
+def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     finding = item.finding
-    notes = timeline.notes
-    lines = _grade_block("Current grade (last 24 h)", finding.current, timeline)
-    lines += _grade_block("Maximum since day 0" if finding.day_zero_known else "Maximum over the data sent", finding.maximum, timeline)
-    if finding.onset is not None:
-        day = f"day {finding.onset_day}" if finding.onset_day is not None else "day unknown (no CAR-T infusion found)"
-        lines.append(f"**Onset:** {timeline.local(finding.onset)} ({day})" + (" — onset after day 14 is atypical: consider other causes" if finding.atypical_onset else ""))
+    words = finding.rule.presentation
+    current = finding.current
+    blocks: list[Markdown] = [_headline(finding, timeline)]
+    if current.reasons:
+        blocks.append(bullet_list(md("{}", reason_text(finding, r, timeline, terms)) for r in current.reasons))
+    elif current.grade is None:
+        blocks.append(paragraph(md("Cannot assess: {}.", "; ".join(current.missing))))
+    onset = _onset(finding, timeline)
+    if onset:
+        blocks.append(onset)
     if not finding.day_zero_known:
-        lines.append("**Day 0 unknown:** no CAR-T infusion in the data and no infusionDate given.")
-    evidence = sorted({id(f): f for f in finding.current.evidence + finding.maximum.evidence}.values(), key=lambda f: f.time)
-    if evidence:
-        lines.append("**Evidence**")
-        lines += [f"- {describe_fact(fact, timeline)}" for fact in evidence[:EVIDENCE_SHOWN]]
-        if len(evidence) > EVIDENCE_SHOWN:
-            lines.append(f"- … and {len(evidence) - EVIDENCE_SHOWN} more (see RiskAssessment.basis)")
+        blocks.append(paragraph(md("Day 0 unknown: no CAR-T infusion in the data and no infusionDate given.")))
     if item.plan is not None:
-        lines.append(f"**Recommended ({item.plan.guideline_id})**")
-        for action in item.plan.actions:
-            lines.append(f"- {'DO NOT GIVE: ' if action.do_not_perform else ''}{action.description}")
-        lines += [f"- {note}" for note in item.plan.notes]
-    unused = [note for note in notes if note.severity == "warning"]
-    ignored = [note for note in notes if note.severity != "warning"]
-    if unused:
-        lines.append("**Dropped or flagged input**")
-        lines += [f"- {note_text(note)}" + (f" (`{note.location}`)" if note.location else "") for note in unused[:EVIDENCE_SHOWN]]
-        if len(unused) > EVIDENCE_SHOWN:
-            lines.append(f"- … and {len(unused) - EVIDENCE_SHOWN} more")
-    if ignored:
-        lines.append("**Ignored input:** " + "; ".join(note_text(note) for note in ignored))
-    if finding.rule.toxicity == "crs":
-        lines.append("Infection and neutropenic sepsis are **not excluded** by this engine: fever needs a clinical work-up.")
+        blocks += _plan_blocks(item.plan)
+    if current.reasons:
+        blocks += [paragraph(md("{} (times {})", strong("Evidence"), timeline.offset_label)),
+                   bullet_list(_evidence_line(finding, r, timeline, terms) for r in current.reasons[:EVIDENCE_LINES])]
+    if current.missing and current.grade is not None:
+        blocks.append(paragraph(md("Incomplete: {}.", "; ".join(current.missing))))
+    limiting = sum(note.count for note in timeline.notes if note.severity == "warning")
+    if limiting:
+        blocks.append(paragraph(md("{} input item{} dropped or flagged (see the OperationOutcome).",
+                                   limiting, "s were" if limiting > 1 else " was")))
+    if words.caveat:
+        blocks.append(paragraph(md("{}", words.caveat)))
     rule = finding.rule
-    lines.append(
-        f"_Rule {rule.rule_id} {rule.rule_version}, rule set {finding.rule_set_version}; "
-        f"{rule.guideline_id}: {rule.guideline_citation}_"
-    )
-    return "\n".join(lines)
+    versions = f"Rule {rule.rule_id} {rule.rule_version}, rule set {finding.rule_set_version}, {rule.guideline_id}"
+    if item.plan is not None:
+        versions += f"; plan {item.plan.rule_id} {item.plan.rule_version}, {item.plan.guideline_id}"
+    blocks.append(paragraph(md("{}.", versions)))
+    return document(blocks)
 
 
-def build_card(item: CardInput, timeline: Timeline, config: OutputConfig) -> dict[str, Any]:
+def build_card(item: CardInput, timeline: Timeline, config: OutputConfig, terms: Terminology) -> dict[str, Any]:
     finding = item.finding
     rule = finding.rule
+    name = rule.presentation.name
     ra = item.risk_assessment
     actions = [{
         "type": "create",
-        "description": f"Record the {rule.toxicity.upper()} assessment ({grade_text(finding.current.grade)})",
+        "description": f"Record the {name} assessment ({grade_text(finding.current.grade)})",
         "resource": ra,
     }]
-    if item.care_plan is not None:
+    if item.care_plan is not None and item.plan is not None:
         actions.append({
             "type": "create",
-            "description": f"Propose the management plan ({item.plan.guideline_id if item.plan else ''})".replace(" ()", ""),
+            "description": f"Propose the management plan ({item.plan.guideline_id})",
             "resource": item.care_plan,
         })
     label = "Record assessment and proposed plan" if item.care_plan is not None else "Record assessment"
@@ -140,7 +188,7 @@ def build_card(item: CardInput, timeline: Timeline, config: OutputConfig) -> dic
         "uuid": stable_id(ra["id"], "card"),
         "summary": summary(finding),
         "indicator": indicator(finding.current.grade),
-        "detail": detail(item, timeline),
+        "detail": detail(item, timeline, terms),
         "source": {
             "label": f"cartox: {rule.title}",
             "url": rule.guideline_url,
@@ -152,5 +200,5 @@ def build_card(item: CardInput, timeline: Timeline, config: OutputConfig) -> dic
     }
 
 
-def cards_for(items: list[CardInput], timeline: Timeline, config: OutputConfig) -> list[dict[str, Any]]:
-    return [build_card(item, timeline, config) for item in items if item.finding.current.grade != 0]
+def cards_for(items: list[CardInput], timeline: Timeline, config: OutputConfig, terms: Terminology) -> list[dict[str, Any]]:
+    return [build_card(item, timeline, config, terms) for item in items if item.finding.current.grade != 0]

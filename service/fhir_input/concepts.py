@@ -88,15 +88,34 @@ class Terminology:
     groups: Mapping[str, frozenset[str]]
     dose_conversions: Mapping[str, UnitConversion]  # medication doses to mg
     all_codes: Mapping[str, tuple[CodeRef, ...]] = field(default_factory=dict)
+    displays: Mapping[str, str] = field(default_factory=dict)  # concept id or canonical unit -> clinician's words
+    volume_conversions: Mapping[str, UnitConversion] = field(default_factory=dict)  # doses in volume to mL
+    rate_conversions: Mapping[str, UnitConversion] = field(default_factory=dict)  # infusion rates to mL/h
+    duration_conversions: Mapping[str, UnitConversion] = field(default_factory=dict)  # rateRatio denominators to h
+    plausible_max_mg: Mapping[str, float] = field(default_factory=dict)  # medication concept -> largest single dose
+    panel_components: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # empty = any
+
+    def display(self, name: str) -> str:
+        """A concept, value or canonical unit in clinical words (the id, de-hyphenated, when none is given)."""
+        return self.displays.get(name) or name.replace("-", " ")
 
     def restricted_to(self, observed: frozenset[str]) -> "Terminology":
         """The same terminology reading only the observation concepts some rule uses: Observations of the
-        others are listed as ignored codes instead of becoming facts nobody reads."""
+        others are listed as ignored codes instead of becoming facts nobody reads. A panel stays when one
+        of its components is read (or when its components are not listed)."""
         return replace(
             self,
             measurement_by_code={k: v for k, v in self.measurement_by_code.items() if v in observed},
             coded_by_code={k: v for k, v in self.coded_by_code.items() if v[0] in observed},
+            panel_codes=frozenset(
+                key for key in self.panel_codes
+                if not self.panel_components.get(key) or self.panel_components[key] & observed
+            ),
         )
+
+    def observation_codes(self) -> frozenset[tuple[str, str]]:
+        """Every (system, code) an Observation may carry to be read: measurement, coded and panel codes."""
+        return frozenset(self.measurement_by_code) | frozenset(self.coded_by_code) | self.panel_codes
 
     def members(self, names: Iterable[str]) -> frozenset[str]:
         """Concept ids named directly or through a medication group."""
@@ -128,6 +147,9 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
     systems["cartox"] = f"{canonical_base}/CodeSystem/cartox"
     kinds = document["quantity_kinds"]
 
+    displays: dict[str, str] = {}
+    for kind in kinds.values():
+        displays[kind["canonical"]] = kind["display"]
     measurements: dict[str, MeasurementConcept] = {}
     measurement_by_code: dict[tuple[str, str], str] = {}
     all_codes: dict[str, tuple[CodeRef, ...]] = {}
@@ -137,6 +159,7 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
             unit: UnitConversion(float(conv.get("offset", 0.0)), float(conv["factor"]))
             for unit, conv in kind["units"].items()
         }
+        displays[concept] = spec["display"]
         measurements[concept] = MeasurementConcept(
             concept, kind["canonical"], conversions, float(spec["plausible"]["min"]), float(spec["plausible"]["max"])
         )
@@ -145,13 +168,19 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
         for ref in refs:
             measurement_by_code[(ref.system, ref.code)] = concept
 
-    panel_codes = frozenset((ref.system, ref.code) for ref in _codes(document.get("panels", []), systems))
+    panels = document.get("panels", [])
+    panel_codes = frozenset((ref.system, ref.code) for ref in _codes(panels, systems))
+    panel_components = {
+        (ref.system, ref.code): frozenset(entry.get("components", ()))
+        for ref, entry in zip(_codes(panels, systems), panels)
+    }
 
     value_sets: dict[str, ValueSet] = {}
     for name, members in document.get("value_sets", {}).items():
         by_code: dict[tuple[str, str], str] = {}
         synonyms: dict[str, str] = {}
         for concept, spec in members.items():
+            displays[concept] = spec["display"]
             for ref in _codes(spec.get("codes", []), systems):
                 by_code[(ref.system, ref.code)] = concept
             for word in spec.get("text", []):
@@ -168,7 +197,10 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
     medication_by_code: dict[tuple[str, str], str] = {}
     medication_codes: dict[str, tuple[CodeRef, ...]] = {}
     synonyms = {}
+    plausible_max_mg: dict[str, float] = {}
     for concept, spec in document["medications"].items():
+        if "plausible_max_mg" in spec:
+            plausible_max_mg[concept] = float(spec["plausible_max_mg"])
         refs = _codes(spec.get("codes", []), systems)
         medication_codes[concept] = tuple(refs)
         for ref in refs:
@@ -195,4 +227,17 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
             for unit, conv in kinds["medication-mass"]["units"].items()
         },
         all_codes=all_codes,
+        displays=displays,
+        volume_conversions=_conversions(kinds.get("fluid-volume")),
+        rate_conversions=_conversions(kinds.get("fluid-rate")),
+        duration_conversions=_conversions(kinds.get("duration")),
+        plausible_max_mg=plausible_max_mg,
+        panel_components=panel_components,
     )
+
+
+def _conversions(kind: Mapping[str, Any] | None) -> dict[str, UnitConversion]:
+    """A quantity kind's units -> conversions to its canonical unit (none when the kind is not defined)."""
+    if kind is None:
+        return {}
+    return {unit: UnitConversion(float(conv.get("offset", 0.0)), float(conv["factor"])) for unit, conv in kind["units"].items()}

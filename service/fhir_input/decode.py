@@ -4,6 +4,9 @@ The hot path decodes the whole Bundle in one pass into msgspec Structs typed for
 use. Types the rules do not use may carry fields of the same name with other shapes; when the one-pass
 decode fails, a second pass decodes entry by entry, skips unused types, and so reports a wrong type only
 where it matters, located as a FHIRPath expression (`Bundle.entry[3].resource.valueQuantity.value`).
+
+A Bundle with a `next` link (a searchset page) holds only part of the data: every entry decoded from it
+carries the reason (`DecodedEntry.partial`), so that the timeline says the data may be incomplete.
 """
 
 from __future__ import annotations
@@ -54,10 +57,17 @@ class Component(msgspec.Struct, gc=False):
     valueInteger: int | None = None
 
 
+class Ratio(msgspec.Struct, gc=False):
+    numerator: Quantity | None = None
+    denominator: Quantity | None = None
+
+
 class Dosage(msgspec.Struct, gc=False):
     dose: Quantity | None = None
     route: CodeableConcept | None = None
     text: str | None = None
+    rateQuantity: Quantity | None = None  # a fluid's rate (mL/h) tells a bolus from maintenance fluid
+    rateRatio: Ratio | None = None
 
 
 class Resource(msgspec.Struct, gc=False):
@@ -89,9 +99,15 @@ class Entry(msgspec.Struct, gc=False):
     resource: Resource | None = None
 
 
+class Link(msgspec.Struct, gc=False):
+    relation: str | None = None
+    url: str | None = None
+
+
 class Bundle(msgspec.Struct, gc=False):
     resourceType: str | None = None
     type: str | None = None
+    link: list[Link] | None = None
     entry: list[Entry] | None = None
 
 
@@ -107,6 +123,7 @@ class _RawEntry(msgspec.Struct, gc=False):
 class _RawBundle(msgspec.Struct, gc=False):
     resourceType: str | None = None
     type: str | None = None
+    link: list[Link] | None = None
     entry: list[_RawEntry] | None = None
 
 
@@ -115,10 +132,19 @@ class _Head(msgspec.Struct, gc=False):
 
 
 @dataclass(frozen=True, slots=True)
+class Partial:
+    """Why a Bundle's data may be incomplete, and where it says so."""
+
+    reason: str  # e.g. "prefetch.observations: searchset has a next page that was not fetched"
+    location: str  # e.g. "prefetch.observations.link[1]"
+
+
+@dataclass(frozen=True, slots=True)
 class DecodedEntry:
     index: int  # position in Bundle.entry, for locations
     full_url: str | None
     resource: Resource
+    partial: Partial | None = None  # set on every entry of a Bundle with a next link
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +152,7 @@ class DecodedBundle:
     bundle_type: str | None
     entries: tuple[DecodedEntry, ...]
     ignored_types: dict[str, list[int]]  # resource type -> entry indexes
+    partial: Partial | None = None
 
 
 _BUNDLE_DECODER = msgspec.json.Decoder(Bundle)
@@ -158,6 +185,7 @@ def decode_bundle(body: bytes, root: str = "Bundle") -> DecodedBundle:
     except RecursionError:
         raise InputError(Issue("input-not-json", "JSON nested too deeply", root, fhir_type="structure")) from None
     _check_bundle_head(bundle.resourceType, bundle.type, root)
+    partial = _partial(bundle.link, bundle.type, root)
     entries: list[DecodedEntry] = []
     ignored: dict[str, list[int]] = {}
     for index, entry in enumerate(bundle.entry or ()):
@@ -165,10 +193,19 @@ def decode_bundle(body: bytes, root: str = "Bundle") -> DecodedBundle:
         if resource is None:
             continue
         if resource.resourceType in USED_TYPES:
-            entries.append(DecodedEntry(index, entry.fullUrl, resource))
+            entries.append(DecodedEntry(index, entry.fullUrl, resource, partial))
         else:
             ignored.setdefault(resource.resourceType or "(no resourceType)", []).append(index)
-    return DecodedBundle(bundle.type, tuple(entries), ignored)
+    return DecodedBundle(bundle.type, tuple(entries), ignored, partial)
+
+
+def _partial(links: list[Link] | None, bundle_type: str | None, root: str) -> Partial | None:
+    """A `next` link means more pages exist than were sent (any Bundle type: only paging defines `next`)."""
+    for index, link in enumerate(links or ()):
+        if link.relation == "next":
+            kind = bundle_type or "Bundle"
+            return Partial(f"{root}: {kind} has a next page that was not sent (data may be incomplete)", f"{root}.link[{index}]")
+    return None
 
 
 def _check_bundle_head(resource_type: str | None, bundle_type: str | None, root: str) -> None:
@@ -200,6 +237,7 @@ def _entry_by_entry(body: bytes, root: str) -> DecodedBundle:
             raise InputError(Issue("input-not-bundle", f"Expected a FHIR Bundle: {what}", root, fhir_type="structure"))
         raise InputError(Issue("input-wrong-type", what, root + path), status=422)
     _check_bundle_head(shell.resourceType, shell.type, root)
+    partial = _partial(shell.link, shell.type, root)
     entries: list[DecodedEntry] = []
     ignored: dict[str, list[int]] = {}
     for index, entry in enumerate(shell.entry or ()):
@@ -219,8 +257,8 @@ def _entry_by_entry(body: bytes, root: str) -> DecodedBundle:
         except msgspec.ValidationError as exc:
             what, path = split_validation_message(exc)
             raise InputError(Issue("input-wrong-type", f"{resource_type}: {what}", location + path), status=422)
-        entries.append(DecodedEntry(index, entry.fullUrl, resource))
-    return DecodedBundle(shell.type, tuple(entries), ignored)
+        entries.append(DecodedEntry(index, entry.fullUrl, resource, partial))
+    return DecodedBundle(shell.type, tuple(entries), ignored, partial)
 
 
 def decode_resource(raw: bytes | msgspec.Raw, location: str) -> Resource:

@@ -16,7 +16,8 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
 from service.fhir_input.concepts import Terminology
-from service.rules_engine.management import Plan, PlannedAction
+from service.fhir_output.wording import grade_text, reasons_text
+from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, Plan, PlannedAction
 from service.rules_engine.model import Finding, GradeResult
 from service.timeline.facts import Fact, InputNote, Timeline
 
@@ -24,7 +25,6 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
 _NAMESPACE = uuid.UUID("6f1d8f3e-9d6b-5c1e-9a57-2f0f3c7c5a11")
 _NON_DRUG_KIND = {"alert-icu": "CommunicationRequest"}
-_TOXICITY_NAMES = {"crs": "Cytokine release syndrome", "icans": "Immune effector cell-associated neurotoxicity syndrome"}
 
 
 def stable_id(*parts: str) -> str:
@@ -33,10 +33,6 @@ def stable_id(*parts: str) -> str:
 
 def grade_code(grade: int | None) -> str:
     return "not-assessable" if grade is None else f"grade-{grade}"
-
-
-def grade_text(grade: int | None) -> str:
-    return "not assessable" if grade is None else f"grade {grade}"
 
 
 @dataclass(frozen=True)
@@ -64,11 +60,11 @@ def subject_of(timeline: Timeline) -> dict[str, str]:
 
 
 def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
-                    management_guideline: str) -> dict[str, Any]:
+                    management_guideline: str, terms: Terminology) -> dict[str, Any]:
     rule = finding.rule
+    words = rule.presentation
     cs = config.codesystem
     day_zero = timeline.day_zero
-    max_start = day_zero.time if day_zero else finding.maximum.window.start
     missing = list(dict.fromkeys(finding.current.missing + finding.maximum.missing))
     method_text = (
         f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); "
@@ -78,12 +74,18 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
         {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
         {"url": config.profile("guideline-version"), "valueString": management_guideline},
     ] + [{"url": config.profile("missing-data"), "valueString": text} for text in missing]
-    notes = [{"text": "The engine cannot exclude infection or neutropenic sepsis as the cause of fever."}]
+    notes = [{"text": words.caveat}] if words.caveat else []
     if finding.onset is not None:
         day = f"day {finding.onset_day}" if finding.onset_day is not None else "day unknown (no day 0)"
-        notes.append({"text": f"CRS onset {timeline.local(finding.onset)} ({day})" + (" — atypically late onset" if finding.atypical_onset else "")})
+        onset = f"{words.onset or 'Onset'} {timeline.fhir_time(finding.onset)} ({day})"
+        notes.append({"text": onset + (f". {words.atypical_onset}" if finding.atypical_onset and words.atypical_onset else "")})
+    if finding.episode is not None:
+        notes.append({"text": f"Continuing episode since {timeline.fhir_time(finding.episode.start)}, "
+                              f"{finding.episode.lasted_days(timeline.as_of):.1f} days at the evaluation time."})
     if day_zero is None:
         notes.append({"text": "Day 0 (CAR-T infusion) unknown: the maximum grade covers all data sent, and day-relative findings are unknown."})
+    current_start = finding.current.window.start if day_zero is None else max(finding.current.window.start, day_zero.time)
+    max_start = day_zero.time if day_zero else finding.maximum.window.start
     resource = {
         "resourceType": "RiskAssessment",
         "id": resource_id,
@@ -95,58 +97,46 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
             "text": rule.title,
         },
         "subject": subject_of(timeline),
-        "occurrenceDateTime": timeline.local(timeline.as_of),
+        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
         "method": {
             "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
             "text": method_text,
         },
         "prediction": [
-            _prediction(finding, finding.current, config, f"current ({_window_text(finding.current, timeline)})",
-                        finding.current.window.start, timeline.as_of, timeline),
+            _prediction(finding, finding.current, config, f"current, last {rule.window_hours:g} h",
+                        current_start, timeline, terms),
             _prediction(finding, finding.maximum, config, "maximum since day 0" if day_zero else "maximum over the data sent",
-                        max_start, timeline.as_of, timeline),
+                        max_start, timeline, terms),
         ],
-        "note": notes,
     }
+    if notes:
+        resource["note"] = notes
     basis = _basis(finding.current.evidence + finding.maximum.evidence)
     if basis:
         resource["basis"] = basis
     return resource
 
 
-def _window_text(result: GradeResult, timeline: Timeline) -> str:
-    return f"{timeline.local(result.window.start)} to {timeline.local(result.window.end)}"
-
-
 def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, label: str,
-                start: datetime, end: datetime, timeline: Timeline) -> dict[str, Any]:
-    toxicity = _TOXICITY_NAMES.get(finding.rule.toxicity, finding.rule.toxicity.upper())
+                start: datetime, timeline: Timeline, terms: Terminology) -> dict[str, Any]:
+    words = finding.rule.presentation
     coding = [{"system": config.codesystem, "code": grade_code(result.grade), "display": grade_text(result.grade).capitalize()}]
     icd = finding.rule.outcome_codes.get(result.grade or 0)
     if icd:
-        coding.append({"system": ICD10CM, "code": icd, "display": f"{toxicity}, grade {result.grade}"})
-    rationale = "; ".join(f"{reason.label}: {_value_text(reason.value)}" for reason in result.reasons) or _no_reason(result)
-    prediction: dict[str, Any] = {
+        coding.append({"system": ICD10CM, "code": icd, "display": f"{words.long_name}, grade {result.grade}"})
+    rationale = "; ".join(reasons_text(finding, result.reasons, timeline, terms)) or _no_reason(result)
+    return {
         "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if result.incomplete else "complete"}],
-        "outcome": {"coding": coding, "text": f"{finding.rule.toxicity.upper()} {grade_text(result.grade)} ({label})"},
-        "whenPeriod": {"start": timeline.local(start), "end": timeline.local(end)},
+        "outcome": {"coding": coding, "text": f"{words.name} {grade_text(result.grade)} ({label})"},
+        "whenPeriod": {"start": timeline.fhir_time(min(start, timeline.as_of)), "end": timeline.fhir_time(timeline.as_of)},
         "rationale": rationale,
     }
-    return prediction
 
 
 def _no_reason(result: GradeResult) -> str:
     if result.grade is None:
         return "Cannot assess: " + "; ".join(result.missing)
     return "No criterion for a grade above 0 was met"
-
-
-def _value_text(value: bool | float | None) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None:
-        return "unknown"
-    return f"{value:g}"
 
 
 def _basis(facts: tuple[Fact, ...]) -> list[dict[str, str]]:
@@ -157,7 +147,7 @@ def _basis(facts: tuple[Fact, ...]) -> list[dict[str, str]]:
 def care_plan(plan: Plan, timeline: Timeline, config: OutputConfig, resource_id: str, risk_assessment_id: str,
               terminology: Terminology) -> dict[str, Any]:
     finding = plan.finding
-    title = f"{finding.rule.toxicity.upper()} {grade_text(finding.current.grade)}: management per {plan.guideline_id}"
+    title = f"{finding.rule.presentation.name} {grade_text(finding.current.grade)}: management per {plan.guideline_id}"
     description = (
         f"{title}. Rule {plan.rule_id} {plan.rule_version} (rule set {finding.rule_set_version}); "
         f"guideline version {plan.guideline_id}: {plan.guideline_citation}."
@@ -177,7 +167,7 @@ def care_plan(plan: Plan, timeline: Timeline, config: OutputConfig, resource_id:
         "title": title,
         "description": description,
         "subject": subject_of(timeline),
-        "created": timeline.local(timeline.as_of),
+        "created": timeline.fhir_time(timeline.as_of),
         "supportingInfo": [{"reference": f"urn:uuid:{risk_assessment_id}"}],
         "activity": [{"detail": _activity_detail(action, config, terminology)} for action in plan.actions],
     }
@@ -185,6 +175,30 @@ def care_plan(plan: Plan, timeline: Timeline, config: OutputConfig, resource_id:
 
 def _mg(value: float) -> dict[str, Any]:
     return {"value": value, "unit": "mg", "system": UCUM, "code": "mg"}
+
+
+# CarePlan.activity.detail.status per plan status: give now = not-started; conditional = on-hold;
+# blocked = not-started with doNotPerform (the order must not be placed).
+_DETAIL_STATUS = {GIVE_NOW: "not-started", CONDITIONAL: "on-hold", BLOCKED: "not-started"}
+
+
+def _plan_extensions(action: PlannedAction, config: OutputConfig) -> list[dict[str, Any]]:
+    """activity-role and activity-condition (fhir_profiles/StructureDefinition-activity-*.json)."""
+    condition = action.condition
+    if condition is None:
+        code, text, met, status = "none", "no condition: indicated at this grade", True, "indicated at this grade"
+    else:
+        code, text, met, status = condition.code, condition.text, condition.met, condition.status
+    return [
+        {"url": config.profile("activity-role"), "valueCode": action.role or "first-line"},
+        {"url": config.profile("activity-condition"), "extension": [
+            {"url": "code", "valueCode": code},
+            {"url": "text", "valueString": text},
+            {"url": "met", "valueBoolean": met},
+            {"url": "status", "valueString": status},
+        ]},
+        {"url": config.profile("plan-status"), "valueCode": action.status},
+    ]
 
 
 def _activity_detail(action: PlannedAction, config: OutputConfig, terminology: Terminology) -> dict[str, Any]:
@@ -195,19 +209,22 @@ def _activity_detail(action: PlannedAction, config: OutputConfig, terminology: T
             "status": "not-started",
             "description": action.description,
         }
-    product: dict[str, Any] = {"text": action.code}
+    name = terminology.display(action.code)
+    product: dict[str, Any] = {"text": name}
     coding = terminology.output_coding(action.code)
     if coding is not None:
-        product["coding"] = [{"system": coding.system, "code": coding.code, "display": action.code}]
+        product["coding"] = [{"system": coding.system, "code": coding.code, "display": name}]
     detail: dict[str, Any] = {
+        "extension": _plan_extensions(action, config),
         "kind": "MedicationRequest",
-        "status": "not-started",
+        "status": _DETAIL_STATUS[action.status],
         "productCodeableConcept": product,
         "description": action.description,
     }
+    if action.reason:
+        detail["statusReason"] = {"text": action.reason}
     if action.do_not_perform:
         detail["doNotPerform"] = True
-        detail["statusReason"] = {"text": action.reason or "label limit reached"}
     if action.dose_mg is not None:
         detail["quantity"] = _mg(action.dose_mg)
     if action.daily_mg is not None:

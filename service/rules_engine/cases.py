@@ -267,9 +267,21 @@ def _check_plan(outcome: Outcome, graded_rule: str, expected: Mapping[str, Any] 
             doses = {a.code: a.dose_mg for a in actions if a.kind == "drug" and not a.do_not_perform}
             for drug, dose in value.items():
                 _expect_equal(f"{drug} dose (mg)", doses.get(drug, "absent"), dose)
-        elif key == "blocked":
-            _include("blocked drugs", [a.code for a in actions if a.do_not_perform], value)
+        elif key in ("give_now", "conditional", "blocked"):
+            status = key.replace("_", "-")
+            _include(f"{status} drugs", [a.code for a in actions if a.kind == "drug" and a.status == status], value)
+        elif key == "not_give_now":
+            _exclude("give-now drugs", [a.code for a in actions if a.kind == "drug" and a.status == "give-now"], value)
+        elif key == "roles":
+            for drug, role in value.items():
+                _include(f"{drug} roles", [a.role for a in actions if a.code == drug], [role])
         elif key == "description_includes":
-            _include_text("plan text", tuple(a.description for a in actions) + plan.notes, value)
+            texts = tuple(a.description for a in actions) + tuple(a.reason for a in actions if a.reason) + plan.notes
+            _include_text("plan text", texts, value)
+        elif key == "description_excludes":
+            texts = tuple(a.description for a in actions) + tuple(a.reason for a in actions if a.reason) + plan.notes
+            for fragment in value:
+                if any(fragment in text for text in texts):
+                    raise CaseFailure(f"plan text must not include {fragment!r}; have {list(texts)}")
         else:
             raise CaseFailure(f"unknown plan expectation {key!r}")

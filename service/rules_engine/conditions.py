@@ -18,6 +18,7 @@ Evaluator = Callable[["Context", Window], Result]
 CandidateTimes = Callable[["Context", Window], Iterable[datetime]]
 
 _FAR_PAST = datetime.min.replace(year=1900)
+_INSTANT = timedelta(microseconds=1)  # windows are (start, end]: one microsecond before a moment includes it
 
 
 @dataclass
@@ -39,10 +40,20 @@ class Context:
         return found
 
     def since_day_zero(self, end: datetime) -> Window:
+        """(day 0, end] with the infusion instant itself included: only facts before it are pre-infusion."""
+        return Window(self.floor(), end)
+
+    def floor(self) -> datetime:
+        """The earliest instant facts may count from: just before the infusion (all data without day 0)."""
         day_zero = self.timeline.day_zero
         if day_zero is not None:
-            return Window(day_zero.time, end)
-        return Window(_FAR_PAST.replace(tzinfo=end.tzinfo), end)
+            return day_zero.time - _INSTANT
+        return _FAR_PAST.replace(tzinfo=self.timeline.as_of.tzinfo)
+
+    def clipped(self, window: Window) -> Window:
+        """The window without its pre-infusion part: facts before day 0 are never toxicity."""
+        floor = self.floor()
+        return window if window.start >= floor else Window(floor, window.end)
 
 
 @dataclass(frozen=True)
@@ -228,7 +239,7 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
                 active_until = moment + lapse
                 last = moment
         if active_until is None or window.end > active_until:
-            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence within {lapse} after {ctx.timeline.local(last)}",))
+            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence within {lapse.total_seconds() / 3600:g} h after {ctx.timeline.local(last)}",))
         return Result(True, (given[0], given[-1]) if len(given) > 1 else tuple(given), given[0].time, given[-1].time)
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:

@@ -92,12 +92,13 @@ class RuleSet:
         return next((rule.default_guideline for rule in self.management.values()), None)
 
     def evaluate(self, timeline: Timeline, guideline: str | None = None) -> Evaluation:
-        findings = tuple(rule.evaluate(timeline, self.terminology, self.version) for rule in self.grading)
+        assessed = [rule.assess(timeline, self.terminology, self.version) for rule in self.grading]
+        findings = tuple(finding for finding, _history in assessed)
         plans = []
-        for finding in findings:
+        for finding, history in assessed:
             management = self.management.get(finding.rule.rule_id)
             if management is not None:
-                plan = management.plan(finding, timeline, guideline)
+                plan = management.plan(finding, timeline, guideline, history)
                 if plan is not None:
                     plans.append(plan)
         return Evaluation(findings, tuple(plans))
@@ -160,9 +161,13 @@ def load_rule_set(
     unknown = set(overrides) - known_ids
     if unknown:
         raise RulesError(str(directory), f"overrides name unknown rules {sorted(unknown)}")
+    graded = {g.info.rule_id: g for g in grading}
     for rule in management:
-        if rule.applies_to not in {g.info.rule_id for g in grading}:
+        if rule.applies_to not in graded:
             raise RulesError(rule.rule_id, f"applies_to names unknown grading rule {rule.applies_to!r}")
+        unknown_criteria = rule.criteria_read - set(graded[rule.applies_to].criteria)
+        if unknown_criteria:
+            raise RulesError(rule.rule_id, f"conditions name criteria {sorted(unknown_criteria)} that {rule.applies_to} does not define")
 
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")

@@ -1,21 +1,52 @@
-"""Management rules: the current grade -> recommended actions, with weight-based doses and label limits."""
+"""Management rules: the current grade -> recommended actions, each drug with a plan status.
+
+Every drug activity is exactly one of
+- give now (`give-now`): the guideline says give it at this grade and nothing it depends on is unmet;
+- conditional (`conditional`): it depends on a condition the data do not show as met (persistence not
+  reached, no improvement not shown, first line not failed, an alternative to the drug given now);
+- blocked (`blocked`): a product-label limit forbids a dose now (with the time of the next possible dose).
+Conditions are defined in the rule file (a closed vocabulary of condition types below), with their words.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from service.errors import RulesError
-from service.fhir_input.concepts import Terminology
 from service.rules_engine.conditions import Compiler
-from service.rules_engine.model import Finding
+from service.rules_engine.model import Finding, Window
+from service.rules_engine.presentation import bind_template
 from service.timeline.facts import Administration, Fact, Measurement, Timeline
+
+GIVE_NOW, CONDITIONAL, BLOCKED = "give-now", "conditional", "blocked"
+ROLES = ("first-line", "second-line", "alternative", "adjunct")
+_DEFAULT_COUNTED = ("completed", "in-progress", "stopped")
+
+
+class History(Protocol):
+    """What management may ask of the graded finding's rule beyond the finding itself."""
+
+    def grade_at(self, moment: datetime) -> int | None: ...
+
+    def positive(self, criteria: tuple[str, ...], window: Window) -> tuple[Fact, ...] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionState:
+    """A condition of a drug activity: its code and words, whether the data show it met, and why."""
+
+    code: str
+    text: str  # the condition in the guideline's words, e.g. "if symptoms persist for 3 days or more"
+    met: bool
+    status: str  # what the data show, e.g. "the CRS episode has lasted 1.2 days"
+    evidence: tuple[Fact, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedAction:
-    """One CarePlan activity. kind "drug" (a medication to give) or "action" (a coded non-drug action)."""
+    """One CarePlan activity. kind "drug" (a medication) or "action" (a coded non-drug action)."""
 
     kind: str
     code: str  # activity code, or the medication concept for drugs
@@ -26,10 +57,16 @@ class PlannedAction:
     every_hours: float | None = None
     every_hours_max: float | None = None
     duration_days: float | None = None
-    do_not_perform: bool = False
-    reason: str | None = None
-    line: str | None = None  # first (default), second, alternative, conditional
+    status: str = GIVE_NOW
+    reason: str | None = None  # why conditional or blocked (CarePlan statusReason)
+    role: str | None = None
+    condition: ConditionState | None = None
     evidence: tuple[Fact, ...] = ()
+    key: str | None = None  # the rule's drug key (several regimens may share one medication)
+
+    @property
+    def do_not_perform(self) -> bool:
+        return self.status == BLOCKED
 
 
 @dataclass(frozen=True)
@@ -47,6 +84,7 @@ class Plan:
 class _Drug:
     key: str
     medication: str
+    name: str  # how the drug reads in texts, e.g. "tocilizumab"
     route: str
     mg: float | None
     mg_per_kg: float | None
@@ -58,6 +96,19 @@ class _Drug:
     duration_days: float | None
     fixed_adult_dose: bool
     limits: Mapping[str, Any] | None
+    regimen: str  # the regimen in words, e.g. "dexamethasone 10 mg IV every 6 h"
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one plan is evaluated against."""
+
+    finding: Finding
+    timeline: Timeline
+    history: History
+
+
+ConditionEvaluator = Callable[[_Request], ConditionState]
 
 
 class ManagementRule:
@@ -71,29 +122,66 @@ class ManagementRule:
         self.adult_from = compiler.number(compiler.params["adult_from_years"])
         self.terminology = compiler.terms
         self.drugs = {key: self._drug(key, spec, compiler) for key, spec in document["drugs"].items()}
-        self.guidelines = document["guidelines"]
-        for guideline, spec in self.guidelines.items():
-            for grade, items in spec["grades"].items():
-                for item in items:
-                    if "drug" in item and item["drug"] not in self.drugs:
-                        raise RulesError(self.rule_id, f"{guideline} grade {grade}: unknown drug {item['drug']!r}")
+        self.conditions = {code: _compile_condition(code, spec, self, compiler) for code, spec in document.get("conditions", {}).items()}
+        # criteria of the graded rule the conditions read (checked against it at load)
+        self.criteria_read = {name for spec in document.get("conditions", {}).values() for name in spec.get("criteria", ())}
+        self.guidelines = {name: self._guideline(name, spec, compiler) for name, spec in document["guidelines"].items()}
 
-    @staticmethod
-    def _drug(key: str, spec: Mapping[str, Any], compiler: Compiler) -> _Drug:
+    def _guideline(self, name: str, spec: Mapping[str, Any], compiler: Compiler) -> dict[str, Any]:
+        grades: dict[int, list[dict[str, Any]]] = {}
+        for grade, items in spec["grades"].items():
+            where = f"{self.rule_id}: {name} grade {grade}"
+            compiled = []
+            keys = [item["drug"] for item in items if "drug" in item]
+            for item in items:
+                if "action" in item:
+                    compiled.append({**item, "text": bind_template(item["text"], compiler.params, (), where)})
+                    continue
+                if item["drug"] not in self.drugs:
+                    raise RulesError(where, f"unknown drug {item['drug']!r}")
+                for ref in ("when", "repeat_when"):
+                    if ref in item and item[ref] not in self.conditions:
+                        raise RulesError(where, f"unknown condition {item[ref]!r}")
+                for ref in ("alternative_to", "replaces"):
+                    if ref in item and item[ref] not in keys:
+                        raise RulesError(where, f"{ref} names {item[ref]!r}, which is not a drug of this grade")
+                if item["role"] == "alternative" and "alternative_to" not in item:
+                    raise RulesError(where, f"alternative {item['drug']!r} must name the drug it is an alternative to")
+                texts = {k: bind_template(item[k], compiler.params, ("dose",), where) for k in ("text", "repeat_text") if k in item}
+                compiled.append({**item, **texts})
+            grades[int(grade)] = compiled
+        return {"citation": spec["citation"], "grades": grades}
+
+    def _drug(self, key: str, spec: Mapping[str, Any], compiler: Compiler) -> _Drug:
         compiler.medications([spec["medication"]])
         dose = spec["dose"]
         low = spec.get("low_weight", {})
         return _Drug(
-            key, spec["medication"], spec["route"], dose.get("mg"), dose.get("mg_per_kg"), dose.get("max_mg"),
-            low.get("below_kg"), low.get("mg_per_kg"), spec.get("every_hours"), spec.get("every_hours_max"),
-            spec.get("duration_days"), bool(spec.get("fixed_adult_dose")), spec.get("label_limits"),
+            key, spec["medication"], spec.get("name", spec["medication"]), spec["route"], dose.get("mg"),
+            dose.get("mg_per_kg"), dose.get("max_mg"), low.get("below_kg"), low.get("mg_per_kg"),
+            spec.get("every_hours"), spec.get("every_hours_max"), spec.get("duration_days"),
+            bool(spec.get("fixed_adult_dose")), spec.get("label_limits"), spec["regimen"],
         )
 
     @property
     def guideline_ids(self) -> tuple[str, ...]:
         return tuple(self.guidelines)
 
-    def plan(self, finding: Finding, timeline: Timeline, guideline: str | None) -> Plan | None:
+    def given(self, drug: _Drug, timeline: Timeline, since: datetime | None = None) -> list[Administration]:
+        """Doses of the drug's medication that happened (label-limit statuses), oldest first, since day 0
+        (the label limits' safe reading) or since `since`."""
+        statuses = set((drug.limits or {}).get("counted_statuses", _DEFAULT_COUNTED))
+        if since is None and timeline.day_zero is not None:
+            since = timeline.day_zero.time
+        return [a for a in timeline.administrations.get(drug.medication, ())
+                if a.status in statuses and (since is None or a.time >= since)]
+
+    def episode_doses(self, drug: _Drug, request: "_Request") -> list[Administration]:
+        """Doses given for the continuing episode: what "repeat" and "no improvement" refer to."""
+        episode = request.finding.episode
+        return self.given(drug, request.timeline, episode.start if episode else None)
+
+    def plan(self, finding: Finding, timeline: Timeline, guideline: str | None, history: History) -> Plan | None:
         grade = finding.current.grade
         chosen = guideline or self.default_guideline
         spec = self.guidelines[chosen]
@@ -107,8 +195,9 @@ class ManagementRule:
             notes.append(f"No usable body weight (none recorded in the {self.weight_max_age.days} days before the evaluation): doses are given per kg.")
         if age is None:
             notes.append("Age unknown (no Patient.birthDate): adult dosing shown; confirm the patient is an adult.")
-        actions = [self._action(item, finding, timeline, weight, age) for item in items]
-        return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(actions), tuple(notes))
+        request = _Request(finding, timeline, history)
+        actions = [self._action(item, request, weight, age) for item in items]
+        return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(_resolve(actions, items, self.drugs)), tuple(notes))
 
     def _weight(self, timeline: Timeline) -> Measurement | None:
         weights = timeline.measurements.get(self.weight_concept, ())
@@ -117,89 +206,208 @@ class ManagementRule:
         latest = weights[-1]
         return latest if timeline.as_of - latest.time <= self.weight_max_age else None
 
-    def _action(self, item: Mapping[str, Any], finding: Finding, timeline: Timeline,
-                weight: Measurement | None, age: int | None) -> PlannedAction:
+    def _action(self, item: Mapping[str, Any], request: _Request, weight: Measurement | None, age: int | None) -> PlannedAction:
         if "action" in item:
             return PlannedAction("action", item["action"], item["text"])
+        timeline = request.timeline
         drug = self.drugs[item["drug"]]
-        description = item["text"]
-        persisting = item.get("when_persisting_days")
-        if persisting is not None:
-            description = self._persistence_note(item, finding, timeline, description)
-        if drug.fixed_adult_dose and age is not None and age < self.adult_from:
-            return PlannedAction(
-                "drug", drug.medication,
-                f"{description} Patient is {age} years old: the adult dose of {drug.mg:g} mg is the maximum; "
-                "calculate a weight-based paediatric dose.",
-                drug.route, None, None, drug.every_hours, drug.every_hours_max, drug.duration_days,
-                line=item.get("line"),
-            )
-        dose, dose_text, evidence = self._dose(drug, weight)
+        prior = self.episode_doses(drug, request)
+        repeat = bool(prior) and "repeat_when" in item
+        template = item.get("repeat_text", item["text"]) if prior else item["text"]
+        condition: ConditionState | None = None
+        if "when" in item:
+            condition = self.conditions[item["when"]](request)
+        elif repeat:
+            condition = self.conditions[item["repeat_when"]](request)
+
+        paediatric = drug.fixed_adult_dose and age is not None and age < self.adult_from
+        if paediatric:
+            dose, dose_text, evidence = None, f"weight-based (the adult dose of {drug.mg:g} mg is the maximum; patient is {age} years old)", ()
+        else:
+            dose, dose_text, evidence = _dose(drug, weight)
         daily = dose * (24 / drug.every_hours) if dose is not None and drug.every_hours else None
-        blocked, reason, prior = self._limits(drug, timeline)
-        description = f"{description} {dose_text}".strip()
+        description = template.format(dose=dose_text)
+        status, reason = GIVE_NOW, None
+        if condition is not None and not condition.met:
+            status, reason = CONDITIONAL, f"Only {condition.text}: {condition.status}."
+        blocked, limit_reason, counted = _limits(drug, self.given(drug, timeline), timeline)
         if blocked:
-            description = f"Do not give {drug.medication} now: {reason}"
+            status, reason = BLOCKED, limit_reason
+        evidence = evidence + tuple(counted) + (condition.evidence if condition else ())
         return PlannedAction(
             "drug", drug.medication, description, drug.route, dose, daily, drug.every_hours, drug.every_hours_max,
-            drug.duration_days, blocked, reason, item.get("line"), evidence + prior,
+            drug.duration_days, status, reason, item["role"], condition, evidence, drug.key,
         )
 
-    def _persistence_note(self, item: Mapping[str, Any], finding: Finding, timeline: Timeline, text: str) -> str:
-        days = item["when_persisting_days"]
+
+def _resolve(actions: list[PlannedAction], items: list[Mapping[str, Any]], drugs: Mapping[str, _Drug]) -> list[PlannedAction]:
+    """Apply what items say of each other: an alternative waits while the drug it replaces is given now; a
+    second-line drug given now puts the first line it replaces on hold."""
+    by_key = {action.key: index for index, action in enumerate(actions) if action.key}
+    resolved = list(actions)
+    for index, item in enumerate(items):
+        action = resolved[index]
+        if "alternative_to" in item and action.status == GIVE_NOW:
+            other = drugs[item["alternative_to"]]
+            chosen = resolved[by_key[other.key]]
+            if chosen.status == GIVE_NOW:
+                state = ConditionState("alternative", f"instead of {other.regimen}", False, f"{other.regimen} is proposed now")
+                resolved[index] = replace(action, status=CONDITIONAL, condition=state,
+                                          reason=f"Alternative to {other.regimen}, which is proposed now.")
+        if "replaces" in item and action.status == GIVE_NOW:
+            first = resolved[by_key[item["replaces"]]]
+            if first.status == GIVE_NOW:
+                this = drugs[item["drug"]]
+                state = ConditionState("replaced", f"unless switched to {this.name}", False, f"{this.name} is proposed instead")
+                resolved[by_key[item["replaces"]]] = replace(first, status=CONDITIONAL, condition=state,
+                                                             reason=f"Switch to {this.name} instead ({action.condition.status if action.condition else 'second line'}).")
+    return resolved
+
+
+def _dose(drug: _Drug, weight: Measurement | None) -> tuple[float | None, str, tuple[Fact, ...]]:
+    """(mg per dose or None, the dose in words, the weight used)."""
+    if drug.mg is not None:
+        return float(drug.mg), f"{drug.mg:g} mg", ()
+    per_kg = drug.mg_per_kg
+    if weight is None:
+        cap = f", at most {drug.max_mg:g} mg" if drug.max_mg else ""
+        low = f"; {drug.low_weight_mg_per_kg:g} mg/kg under {drug.low_weight_below_kg:g} kg" if drug.low_weight_below_kg else ""
+        return None, f"{per_kg:g} mg/kg{cap}{low} (no current weight: weigh the patient)", ()
+    if drug.low_weight_below_kg is not None and weight.value < drug.low_weight_below_kg:
+        per_kg = drug.low_weight_mg_per_kg
+    dose = per_kg * weight.value
+    capped = drug.max_mg is not None and dose > drug.max_mg
+    dose = float(round(drug.max_mg if capped else dose))
+    basis = f"{per_kg:g} mg/kg x {weight.value:g} kg" + (f", capped at {drug.max_mg:g} mg" if capped else "")
+    return dose, f"{dose:g} mg ({basis})", (weight,)
+
+
+def _limits(drug: _Drug, given: list[Administration], timeline: Timeline) -> tuple[bool, str | None, list[Administration]]:
+    limits = drug.limits
+    if not limits or not given:
+        return False, None, given
+    as_of = timeline.as_of
+    if len(given) >= limits["max_total"]:
+        return True, (f"{len(given)} doses of {drug.name} already given; the label allows at most {limits['max_total']} in total. "
+                      "No further dose is possible."), given
+    reasons: list[str] = []
+    next_possible: datetime | None = None
+    last = given[-1]
+    wait_until = last.time + timedelta(hours=limits["min_interval_hours"])
+    if wait_until > as_of:
+        reasons.append(f"last dose at {timeline.local(last.time)}, less than {limits['min_interval_hours']:g} h ago")
+        next_possible = wait_until
+    recent = [a for a in given if as_of - a.time < timedelta(hours=24)]
+    if len(recent) >= limits["max_in_24_hours"]:
+        free_at = recent[-limits["max_in_24_hours"]].time + timedelta(hours=24)
+        reasons.append(f"{len(recent)} doses in the last 24 h (label maximum {limits['max_in_24_hours']})")
+        next_possible = max(next_possible or free_at, free_at)
+    if next_possible is None:
+        return False, None, given
+    return True, f"Not before {timeline.local(next_possible)}: " + "; ".join(reasons) + ".", given
+
+
+# --- condition types: each compiles a rule's condition into (request) -> ConditionState --------------------
+
+def _episode_lasted(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """The continuing episode (see the grading rule's `episode`) has lasted `days` (ge) or more than `days` (gt);
+    `days_by_product` replaces `days` for named CAR-T products."""
+    days = c.number(spec["days"])
+    by_product = {product: c.number(value) for product, value in spec.get("days_by_product", {}).items()}
+    strictly = spec["comparator"] == "gt"
+
+    def evaluate(request: _Request) -> ConditionState:
+        timeline, finding = request.timeline, request.finding
         product = timeline.day_zero.product if timeline.day_zero else None
-        days = item.get("persisting_days_by_product", {}).get(product, days)
-        if finding.onset is None:
-            return f"{text} (CRS onset time unknown.)"
-        lasted = (timeline.as_of - finding.onset).total_seconds() / 86400
-        if lasted > days or (lasted == days and not item.get("persisting_strictly")):
-            return f"{text} Symptoms have lasted {lasted:.1f} days since onset: criterion met."
-        return f"{text} Symptoms have lasted {lasted:.1f} days since onset: not yet indicated (threshold {days:g} days)."
+        threshold = by_product.get(product or "", days)
+        text = bind_template(spec["text"], {**c.params, "days": threshold, "hours": threshold * 24}, (), rule.rule_id)
+        name = finding.rule.presentation.name
+        episode = finding.episode
+        if episode is None:
+            return ConditionState(code, text, False, f"no continuing {name} episode")
+        lasted = episode.lasted_days(timeline.as_of)
+        met = lasted > threshold if strictly else lasted >= threshold
+        status = f"the {name} episode has lasted {_duration(lasted)} (since {timeline.local(episode.start)})"
+        return ConditionState(code, text, met, status, episode.evidence)
 
-    @staticmethod
-    def _dose(drug: _Drug, weight: Measurement | None) -> tuple[float | None, str, tuple[Fact, ...]]:
-        if drug.mg is not None:
-            return float(drug.mg), "", ()
-        per_kg = drug.mg_per_kg
-        if weight is None:
-            cap = f", at most {drug.max_mg:g} mg" if drug.max_mg else ""
-            low = (f"; {drug.low_weight_mg_per_kg:g} mg/kg under {drug.low_weight_below_kg:g} kg"
-                   if drug.low_weight_below_kg else "")
-            return None, f"Dose {per_kg:g} mg/kg{cap}{low}: weight missing, weigh the patient.", ()
-        if drug.low_weight_below_kg is not None and weight.value < drug.low_weight_below_kg:
-            per_kg = drug.low_weight_mg_per_kg
-        dose = per_kg * weight.value
-        capped = drug.max_mg is not None and dose > drug.max_mg
-        if capped:
-            dose = drug.max_mg
-        dose = float(round(dose))
-        text = f"Dose {dose:g} mg ({per_kg:g} mg/kg x {weight.value:g} kg" + (f", capped at {drug.max_mg:g} mg)." if capped else ").")
-        return dose, text, (weight,)
+    return evaluate
 
-    def _limits(self, drug: _Drug, timeline: Timeline) -> tuple[bool, str | None, tuple[Fact, ...]]:
-        limits = drug.limits
-        if not limits:
-            return False, None, ()
-        statuses = set(limits["counted_statuses"])
-        given: list[Administration] = [a for a in timeline.administrations.get(drug.medication, ()) if a.status in statuses]
-        if not given:
-            return False, None, ()
-        as_of = timeline.as_of
-        reasons: list[str] = []
-        next_possible: datetime | None = None
-        if len(given) >= limits["max_total"]:
-            return True, (f"{len(given)} doses already given; the label allows at most {limits['max_total']} in total. "
-                          "No further dose is possible."), tuple(given)
-        last = given[-1]
-        wait_until = last.time + timedelta(hours=limits["min_interval_hours"])
-        if wait_until > as_of:
-            reasons.append(f"last dose at {timeline.local(last.time)}, less than {limits['min_interval_hours']} h ago")
-            next_possible = wait_until
-        recent = [a for a in given if as_of - a.time < timedelta(hours=24)]
-        if len(recent) >= limits["max_in_24_hours"]:
-            free_at = recent[-limits["max_in_24_hours"]].time + timedelta(hours=24)
-            reasons.append(f"{len(recent)} doses in the last 24 h (label maximum {limits['max_in_24_hours']})")
-            next_possible = max(next_possible or free_at, free_at)
-        if next_possible is None:
-            return False, None, tuple(given)
-        return True, "; ".join(reasons) + f". Next dose possible from {timeline.local(next_possible)}.", tuple(given)
+
+def _no_improvement(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """The grade is not lower `after_hours` after the last dose of `drug` than it was when that dose was given.
+    With `doses`, at least that many doses were given and the grade is not lower than at the first of them
+    ("failed"); `or_label_limit` also counts the label's total limit reached as failure."""
+    drug = rule.drugs[spec["drug"]] if spec["drug"] in rule.drugs else None
+    if drug is None:
+        raise RulesError(rule.rule_id, f"condition {code}: unknown drug {spec['drug']!r}")
+    after = timedelta(hours=c.number(spec["after_hours"]))
+    doses_needed = int(c.number(spec.get("doses", 1)))
+    or_label_limit = bool(spec.get("or_label_limit"))
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+
+    def evaluate(request: _Request) -> ConditionState:
+        timeline, finding = request.timeline, request.finding
+        limit = (drug.limits or {}).get("max_total")
+        counted = rule.given(drug, timeline)
+        if or_label_limit and limit is not None and len(counted) >= limit:
+            return ConditionState(code, text, True, f"{len(counted)} doses given, the label maximum", tuple(counted))
+        given = rule.episode_doses(drug, request)
+        if len(given) < doses_needed:
+            done = f"{len(given)} dose{'s' if len(given) != 1 else ''} of {drug.name} given" if given else f"no {drug.name} given yet"
+            return ConditionState(code, text, False, done, tuple(given))
+        last, reference = given[-1], given[-doses_needed]
+        if timeline.as_of - last.time < after:
+            return ConditionState(code, text, False, f"last dose at {timeline.local(last.time)}: reassess from {timeline.local(last.time + after)}", tuple(given))
+        before = request.history.grade_at(reference.time)
+        now = finding.current.grade
+        if before is None or now is None:
+            return ConditionState(code, text, False, f"the grade when {drug.name} was given at {timeline.local(reference.time)} is not known", tuple(given))
+        met = now >= before
+        status = f"grade {now} now, grade {before} at the dose of {timeline.local(reference.time)}"
+        return ConditionState(code, text, met, status + ("" if met else ": improved"), tuple(given))
+
+    return evaluate
+
+
+def _criteria_after_doses(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """At least `doses` doses of `drug` were given and one of the grading rule's `criteria` is still positive
+    after the last of them, within the current window (e.g. hypotension persists after tocilizumab)."""
+    drug = rule.drugs[spec["drug"]]
+    doses_needed = int(c.number(spec["doses"]))
+    criteria = tuple(spec["criteria"])
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+    what = spec["finding"]
+
+    def evaluate(request: _Request) -> ConditionState:
+        timeline, finding = request.timeline, request.finding
+        given = rule.episode_doses(drug, request)
+        if len(given) < doses_needed:
+            return ConditionState(code, text, False, f"{len(given)} of {doses_needed} dose{'s' if doses_needed > 1 else ''} of {drug.name} given", tuple(given))
+        start = max(given[-1].time, finding.current.window.start)
+        facts = request.history.positive(criteria, Window(start, timeline.as_of))
+        if facts is None:
+            return ConditionState(code, text, False, f"{what} after the last dose cannot be told (data missing)", tuple(given))
+        if not facts:
+            return ConditionState(code, text, False, f"no {what} since the dose at {timeline.local(given[-1].time)}", tuple(given))
+        return ConditionState(code, text, True, f"{what} since the dose at {timeline.local(given[-1].time)}", tuple(given) + facts)
+
+    return evaluate
+
+
+def _duration(days: float) -> str:
+    hours = days * 24
+    return f"{hours:.0f} h" if hours < 48 else f"{days:.1f} days"
+
+
+CONDITION_TYPES: dict[str, Callable[[str, Mapping[str, Any], ManagementRule, Compiler], ConditionEvaluator]] = {
+    "episode_lasted": _episode_lasted,
+    "no_improvement_after_dose": _no_improvement,
+    "criteria_after_doses": _criteria_after_doses,
+}
+
+
+def _compile_condition(code: str, spec: Mapping[str, Any], rule: ManagementRule, compiler: Compiler) -> ConditionEvaluator:
+    kind = spec["type"]
+    if kind not in CONDITION_TYPES:
+        raise RulesError(rule.rule_id, f"condition {code!r}: unknown condition type {kind!r}")
+    return CONDITION_TYPES[kind](code, spec, rule, compiler)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from service.timeline.facts import Fact
+
+if TYPE_CHECKING:
+    from service.rules_engine.presentation import Presentation
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class Result:
     last_positive: datetime | None = None
     notes: tuple[str, ...] = ()
     missing: str | None = None
+    incomplete: str | None = None  # decided, but on partial data: what was lacking (e.g. the oxygen device)
 
     @property
     def truth(self) -> bool | None:
@@ -72,6 +76,22 @@ class RuleInfo:
     guideline_citation: str
     guideline_url: str
     outcome_codes: Mapping[int, str]  # grade -> ICD-10-CM
+    presentation: "Presentation"
+    window_hours: float
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """The continuing episode of a toxicity at the evaluation time: it began at `start` (the first positive
+    finding after the last gap longer than the rule's episode gap, gaps while a waiver was active not
+    counting) and its last positive finding was at `last`."""
+
+    start: datetime
+    last: datetime
+    evidence: tuple[Fact, ...]
+
+    def lasted_days(self, as_of: datetime) -> float:
+        return (as_of - self.start).total_seconds() / 86400
 
 
 @dataclass(frozen=True)
@@ -86,3 +106,4 @@ class Finding:
     onset_day: int | None
     atypical_onset: bool
     day_zero_known: bool
+    episode: Episode | None = None

@@ -1,18 +1,34 @@
 """Decoded FHIR resources -> one patient's Timeline: statuses, codes, units and times normalised.
 
-Nothing unusable is used silently: every resource or value left out becomes an InputNote.
+Nothing unusable is used silently: every resource or value left out becomes an InputNote. Rules for
+inputs that contradict themselves:
+
+- Duplicate resources (the same resourceType and id, or the same fullUrl, twice in one request): the first
+  occurrence is used and every later one is ignored with a warning located at it. Which copy is current
+  cannot be told from the rules' fields; the first keeps the result independent of later pages or includes.
+- A period that ends before it starts (effectivePeriod.end < start): used as given at its start only (end =
+  start, a point in time), with a warning located at the period.
+- A date-only period end covers that whole day (FHIR: the end includes any time on that date).
+- A Bundle with a `next` link sent only part of the data: `Timeline.partial_data` says so, with a warning.
+- Doses: a dose <= 0, or above the medication's plausible maximum (concepts.yaml `plausible_max_mg`), is
+  dropped (dose_mg None) and reported; the administration itself still counts. A dose in mL or L is a volume
+  (`volume_ml`), never mg; a rate in volume per time (rateQuantity, rateRatio) becomes `rate_ml_per_h`, other
+  rates (ug/kg/min of a vasopressor) are not fluid rates and are not read.
+- Display offset: times are shown in the UTC offset the latest used fact was recorded in (the patient's
+  data), or in the evaluation time's offset when no fact carries one. Date-only values and a date-only
+  infusionDate are placed at 00:00 in the evaluation time's offset.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Iterable
 
 from service.errors import InputError, Issue
 from service.fhir_input.concepts import Terminology, UnitConversion
-from service.fhir_input.decode import CodeableConcept, DecodedEntry, Resource
+from service.fhir_input.decode import CodeableConcept, DecodedEntry, Dosage, Partial, Quantity, Resource
 from service.fhir_input.statuses import Use, administration_use, observation_use
 from service.fhir_input.times import (
     EARLIEST_YEAR,
@@ -24,6 +40,15 @@ from service.fhir_input.times import (
 )
 from service.fhir_input.units import Rejected, conversion_for, implausible, unit_code
 from service.timeline.facts import Administration, CodedValue, DayZero, InputNote, Measurement, Timeline
+
+
+# Codes of the warnings below. The cartox CodeSystem has no specific code for them yet: `flagged-status` is its
+# warning "check this resource" (kept here so that the codes change in one place).
+NOTE_DUPLICATE = "flagged-status"
+NOTE_PERIOD_REVERSED = "flagged-status"
+NOTE_PARTIAL_DATA = "flagged-status"
+
+_EARLIEST = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +65,11 @@ class SourcedEntry:
     location: str  # FHIRPath of the resource, e.g. "Bundle.entry[3].resource"
     full_url: str | None
     resource: Resource
+    partial: Partial | None = None  # the Bundle it came from had a next page that was not sent
 
 
 def entries_from_bundle(entries: Iterable[DecodedEntry], root: str = "Bundle") -> list[SourcedEntry]:
-    return [SourcedEntry(f"{root}.entry[{e.index}].resource", e.full_url, e.resource) for e in entries]
+    return [SourcedEntry(f"{root}.entry[{e.index}].resource", e.full_url, e.resource, e.partial) for e in entries]
 
 
 def _reference_of(entry: SourcedEntry) -> str:
@@ -76,6 +102,9 @@ class _Builder:
         # unit resolution per (concept, code, system, unit): a bundle repeats a few unit spellings thousands of times
         self.units: dict[tuple[str, str | None, str | None, str | None], tuple[str, UnitConversion] | Rejected] = {}
         self.references: set[str] = set()
+        # The latest used fact with its own UTC offset: cards show times in the offset of the patient's data.
+        self.latest = _EARLIEST
+        self.latest_offset: tzinfo | None = None
 
     # --- time -----------------------------------------------------------------------------------
     def _effective(self, resource: Resource, location: str) -> tuple[datetime, datetime | None, bool, bool, tzinfo] | None:
@@ -106,8 +135,9 @@ class _Builder:
                 start, element = parse_fhir_datetime(period.start), "effectivePeriod.start"
                 end = parse_fhir_datetime(period.end) if period.end else None
                 ongoing = period.end is None
-                if isinstance(end, DateOnly):
-                    end = date_start(end.day, start.tzinfo if isinstance(start, datetime) else None)
+                if isinstance(end, DateOnly):  # the end includes the whole date: its last instant
+                    where = start.tzinfo if isinstance(start, datetime) else self.display_offset
+                    end = date_start(end.day, where) + timedelta(days=1, microseconds=-1)
             else:
                 self._note("dropped-time", "warning", "no effective time", location)
                 return None
@@ -121,6 +151,12 @@ class _Builder:
         start = start.astimezone(timezone.utc)
         if end is not None:
             end = end.astimezone(timezone.utc)
+            if end < start:
+                period = resource.effectivePeriod
+                self._note(NOTE_PERIOD_REVERSED, "warning",
+                           f"effectivePeriod ends ({period.end}) before it starts ({period.start}): used at its start only",
+                           f"{location}.effectivePeriod")
+                end = start
         if start > self.as_of:
             self.future += 1
             return None
@@ -156,7 +192,7 @@ class _Builder:
         timing = self._effective(resource, location)
         if timing is None:
             return
-        start, end, ongoing, date_only, _offset = timing
+        start, end, ongoing, date_only, offset = timing
         source = _reference_of(entry)
         used = False
         if concept is not None:
@@ -167,6 +203,8 @@ class _Builder:
             used = self._component(component, index, start, date_only, source, location) or used
         if used:
             self.references.add(source)
+            if not date_only and start > self.latest:
+                self.latest, self.latest_offset = start, offset
         elif concept is None and coded is None and not panel:
             self.ignored_codes[_code_label(resource.code)] += 1
 
@@ -238,9 +276,17 @@ class _Builder:
     # --- medication administrations ---------------------------------------------------------------
     def administration(self, entry: SourcedEntry, contained: dict[str, Resource]) -> None:
         resource, location = entry.resource, entry.location
-        concepts = self._medication_concepts(resource, contained)
+        codeable, reference = self._medication_of(resource, contained)
+        concepts = self._concepts_of_codeable(codeable) if codeable is not None else ()
+        if not concepts and resource.medicationReference is not None:
+            concepts = self.terms.medication_text.match_all(resource.medicationReference.display)
         if not concepts:
-            self.ignored_codes[_code_label(resource.medicationCodeableConcept)] += 1
+            if reference is not None and codeable is None:
+                self._note("ignored-code", "warning",
+                           f"medicationReference {reference!r} names no Medication in the request: administration not used",
+                           f"{location}.medicationReference")
+            else:
+                self.ignored_codes[_code_label(codeable)] += 1
             return
         named = ", ".join(concepts)
         use = administration_use(resource.status)
@@ -250,40 +296,94 @@ class _Builder:
         timing = self._effective(resource, location)
         if timing is None:
             return
-        start, end, ongoing, _date_only, offset = timing
+        start, end, ongoing, date_only, offset = timing
         if not ongoing and end is None:
             end = start  # a single administration at a point in time
         elif ongoing and resource.status != "in-progress":
             end = start  # completed or stopped without an end: only the start is known
-        dose = None
-        if resource.dosage and resource.dosage.dose:
-            quantity = resource.dosage.dose
-            code = unit_code(quantity, self.terms)
-            conversion = self.terms.dose_conversions.get(code or "")
-            if quantity.value is not None and conversion is not None:
-                dose = conversion.apply(quantity.value)
+        dose = volume = rate = None
+        dosage = resource.dosage
+        if dosage is not None:
+            if dosage.dose is not None and dosage.dose.value is not None:
+                dose, volume = self._dose(dosage.dose, concepts, named, location)
+            if dosage.rateQuantity is not None or dosage.rateRatio is not None:
+                rate = self._rate(dosage, named, location)
         if len(concepts) > 1:
-            dose = None  # which drug the dose belongs to is unknown
+            dose = None  # which drug the dose belongs to is unknown (a volume or rate is the fluid's)
             self._note("flagged-status", "warning", f"medication text names {named}: each counted, dose not attributed", location)
         source = _reference_of(entry)
-        display = _display(resource.medicationCodeableConcept) or named
+        display = _display(codeable) or (resource.medicationReference.display if resource.medicationReference else None) or named
+        status = resource.status or ""
         for concept in concepts:
             self.administrations[concept].append(
-                Administration(concept, start, end, dose, resource.status or "", display, source, offset)
+                Administration(concept, start, end, dose, status, display, source, offset, volume, rate)
             )
         self.references.add(source)
+        if not date_only and start > self.latest:
+            self.latest, self.latest_offset = start, offset
 
-    def _medication_concepts(self, resource: Resource, contained: dict[str, Resource]) -> tuple[str, ...]:
-        concepts_of = self._concepts_of_codeable
+    def _medication_of(self, resource: Resource, contained: dict[str, Resource]) -> tuple[CodeableConcept | None, str | None]:
+        """The medication's code: the administration's own, or the code of the Medication it references
+        (contained "#id", or an entry of the request by relative reference, fullUrl or absolute URL); and the
+        reference, if any."""
         if resource.medicationCodeableConcept is not None:
-            return concepts_of(resource.medicationCodeableConcept)
+            return resource.medicationCodeableConcept, None
         reference = resource.medicationReference.reference if resource.medicationReference else None
         if not reference:
-            return ()
+            return None, None
         medication = contained.get(reference) or self.medications.get(reference) or self.medications.get(_relative(reference))
-        if medication is not None and medication.code is not None:
-            return concepts_of(medication.code)
-        return self.terms.medication_text.match_all(resource.medicationReference.display)
+        return (medication.code if medication is not None else None), reference
+
+    def _dose(self, quantity: Quantity, concepts: tuple[str, ...], named: str, location: str) -> tuple[float | None, float | None]:
+        """(dose in mg, volume in mL) of dosage.dose; an implausible dose is reported and not used."""
+        terms = self.terms
+        value = quantity.value
+        code = unit_code(quantity, terms) or ""
+        where = f"{location}.dosage.dose.value"
+        if value <= 0:
+            self._note("dropped-implausible", "warning",
+                       f"{named}: dose {value:g} {code} is not a dose: not used (the administration still counts)", where)
+            return None, None
+        mass = terms.dose_conversions.get(code)
+        if mass is not None:
+            mg = mass.apply(value)
+            limit = terms.plausible_max_mg.get(concepts[0]) if len(concepts) == 1 else None
+            if limit is not None and mg > limit:
+                self._note("dropped-implausible", "warning",
+                           f"{named}: dose {value:g} {code} is above the plausible {limit:g} mg per administration: "
+                           "not used (the administration still counts)", where)
+                return None, None
+            return mg, None
+        volume = terms.volume_conversions.get(code)
+        return None, (volume.apply(value) if volume is not None else None)
+
+    def _rate(self, dosage: Dosage, named: str, location: str) -> float | None:
+        """dosage.rateQuantity or rateRatio as a fluid rate in mL/h; None for rates of other kinds."""
+        terms = self.terms
+        if dosage.rateQuantity is not None:
+            quantity, where = dosage.rateQuantity, f"{location}.dosage.rateQuantity.value"
+            conversion = terms.rate_conversions.get(unit_code(quantity, terms) or "")
+            if quantity.value is None or conversion is None:
+                return None  # e.g. ug/kg/min of a vasopressor: not a fluid rate
+            rate = conversion.apply(quantity.value)
+        else:
+            ratio, where = dosage.rateRatio, f"{location}.dosage.rateRatio"
+            numerator, denominator = ratio.numerator, ratio.denominator
+            if numerator is None or numerator.value is None or denominator is None:
+                return None
+            volume = terms.volume_conversions.get(unit_code(numerator, terms) or "")
+            per = terms.duration_conversions.get(unit_code(denominator, terms) or "")
+            if volume is None or per is None:
+                return None
+            hours = per.apply(1.0 if denominator.value is None else denominator.value)
+            if hours <= 0:
+                self._note("dropped-implausible", "warning", f"{named}: rate per {hours:g} h is not a rate: not used", where)
+                return None
+            rate = volume.apply(numerator.value) / hours
+        if rate < 0:
+            self._note("dropped-implausible", "warning", f"{named}: rate {rate:g} mL/h is negative: not used", where)
+            return None
+        return rate
 
     def _concepts_of_codeable(self, codeable: CodeableConcept) -> tuple[str, ...]:
         """A code decides; without one, every drug the text (or a coding's display) names."""
@@ -357,10 +457,21 @@ def build_timeline(
     observations: list[SourcedEntry] = []
     administrations: list[SourcedEntry] = []
     full_url_to_ref: dict[str, str] = {}
+    seen: set[str] = set()
+    partial: dict[Partial, None] = {}
     for entry in entries:
+        if entry.partial is not None:
+            partial[entry.partial] = None
         kind = entry.resource.resourceType
         reference = _reference_of(entry)
+        if reference in seen or entry.full_url in seen:
+            builder._note(NOTE_DUPLICATE, "warning",
+                          f"{reference} appears more than once in the request: the first occurrence is used, this one is ignored",
+                          entry.location)
+            continue
+        seen.add(reference)
         if entry.full_url:
+            seen.add(entry.full_url)
             full_url_to_ref[entry.full_url] = reference
         if kind == "Observation":
             observations.append(entry)
@@ -380,7 +491,8 @@ def build_timeline(
         contained = {f"#{r.id}": r for r in entry.resource.contained or () if r.resourceType == "Medication" and r.id}
         builder.administration(entry, contained)
 
-    notes = builder.notes + builder.summary_notes()
+    notes = [InputNote(NOTE_PARTIAL_DATA, "warning", p.reason, p.location) for p in partial]
+    notes += builder.notes + builder.summary_notes()
     for kind, locations in sorted((ignored_types or {}).items()):
         notes.append(InputNote("ignored-resource-type", "information", f"{kind} is not used by the rules", None, len(locations)))
 
@@ -399,11 +511,13 @@ def build_timeline(
     facts = [fact for group in (builder.measurements, builder.coded, builder.administrations)
              for by_concept in group.values() for fact in by_concept]
     timeline = Timeline.of_facts(
-        builder.as_of, builder.display_offset, facts,
+        builder.as_of, builder.latest_offset or builder.display_offset, facts,
         patient=patient_ref, birth_date=birth_date, deceased=deceased,
         input_references=frozenset(ref for ref in builder.references if ref),
+        partial_data=tuple(p.reason for p in partial),
     )
-    # Day 0 needs the sorted administrations, and may add a note (several infusions).
+    # Day 0 needs the sorted administrations, and may add a note (several infusions). A date-only
+    # infusionDate starts at 00:00 in the evaluation time's offset, whatever the data's offset.
     day_zero = _day_zero(timeline.administrations, terminology, options, notes, builder.display_offset)
     return replace(timeline, day_zero=day_zero, notes=tuple(notes))
 

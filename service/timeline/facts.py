@@ -45,6 +45,8 @@ class Administration:
     display: str
     source: str
     offset: tzinfo | None = None  # UTC offset the start was recorded in (day 0 counts days in it)
+    volume_ml: float | None = None  # a dose recorded as a volume (fluids), never mistaken for mg
+    rate_ml_per_h: float | None = None  # dosage.rateQuantity / rateRatio as a fluid rate; other rates None
 
     def end_or(self, now: datetime) -> datetime:
         return now if self.end is None else self.end
@@ -106,6 +108,7 @@ class Timeline:
     administrations: Mapping[str, tuple[Administration, ...]]
     notes: tuple[InputNote, ...] = field(default=())
     input_references: frozenset[str] = field(default=frozenset())
+    partial_data: tuple[str, ...] = field(default=())  # why the data may be incomplete (e.g. an unfetched next page)
 
     @classmethod
     def of_facts(cls, as_of: datetime, display_offset: tzinfo, facts: Iterable[Fact], **details: Any) -> "Timeline":
@@ -131,7 +134,22 @@ class Timeline:
         )
 
     def local(self, moment: datetime) -> str:
-        return moment.astimezone(self.display_offset).isoformat()
+        """A time as a clinician reads it: to the minute in the data's UTC offset, with the date when it is
+        not the evaluation day ("14:53", "4 Mar 14:53"); `offset_label` names the offset once per card."""
+        shown = moment.astimezone(self.display_offset)
+        if shown.date() == self.as_of.astimezone(self.display_offset).date():
+            return shown.strftime("%H:%M")
+        year = f" {shown.year}" if shown.year != self.as_of.year else ""
+        return f"{shown.day} {shown.strftime('%b')}{year} {shown.strftime('%H:%M')}"
+
+    def fhir_time(self, moment: datetime) -> str:
+        """A FHIR dateTime in the data's UTC offset, to the second."""
+        return moment.astimezone(self.display_offset).isoformat(timespec="seconds")
+
+    @property
+    def offset_label(self) -> str:
+        offset = self.as_of.astimezone(self.display_offset).strftime("%z")
+        return "UTC" if offset in ("", "+0000") else f"UTC{offset[:3]}:{offset[3:]}"
 
     def age_years(self) -> int | None:
         if self.birth_date is None:

@@ -1,13 +1,11 @@
-# cartox: CAR-T toxicity decision support (Flask app served by gunicorn).
+# cartox: CAR-T toxicity decision support (`cartox serve`: gunicorn processes, asyncio HTTP, README "Worker model").
 #   docker build -t cartox .
 #   docker run --rm -p 8080:8080 cartox        # then: curl http://127.0.0.1:8080/healthz
 # tests/deploy/test_dockerfile.py checks this file without docker (same install and CMD in a virtualenv).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    CARTOX_HOST=0.0.0.0 \
-    CARTOX_PORT=8080
+    PYTHONUNBUFFERED=1
 
 # Install the project as a wheel built from pyproject.toml (rules/ and fhir_profiles/ are force-included
 # into the package as service/rules and service/fhir_profiles); the sources are removed afterwards.
@@ -26,5 +24,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3).status == 200 else 1)"]
 
-# The app factory builds the engine (rules compiled) in each worker before it serves requests.
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--workers", "2", "--timeout", "60", "--access-logfile", "-", "service.app:create_app()"]
+# The same server and configuration checks as outside the image: the rules are compiled before the
+# workers start, and a bad CARTOX_ variable ends the container with one line and exit status 2.
+CMD ["cartox", "serve", "--host", "0.0.0.0", "--port", "8080"]

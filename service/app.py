@@ -7,15 +7,25 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.errors import CartoxError, Issue
+from service.errors import CartoxError, InputError, Issue
 from service.http_api import cds_hooks, evaluate, health
-from service.http_api.common import outcome_response
+from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
 from service.pipeline import Engine
 from service.settings import Settings
 
 log = logging.getLogger("cartox")
 
-_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 406: "input-not-acceptable", 415: "input-unsupported-media-type"}
+# HTTP errors raised by werkzeug (routing, a body cut off) or by a later layer (401: authentication):
+# status -> (stable cartox code, FHIR IssueType). Other 4xx: input-bad-request; 5xx: internal-error.
+_HTTP_ERRORS = {
+    400: ("input-bad-request", "invalid"),
+    401: ("unauthorized", "login"),
+    404: ("not-found", "not-found"),
+    405: ("method-not-allowed", "not-supported"),
+    406: ("input-not-acceptable", "not-supported"),
+    408: ("input-timeout", "timeout"),
+    415: ("input-unsupported-media-type", "not-supported"),
+}
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -27,13 +37,27 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     for module in (cds_hooks, evaluate, health):
         app.register_blueprint(module.blueprint)
 
+    @app.before_request
+    def body_verdict() -> None:
+        """The server front stopped reading the body (service.server): answer before anything else."""
+        verdict = request.environ.get(BODY_VERDICT)
+        if verdict == BODY_TOO_LARGE:
+            raise RequestEntityTooLarge()
+        if verdict == BODY_TIMED_OUT:
+            seconds = settings.body_timeout_seconds
+            raise InputError(Issue("input-timeout", f"The request body did not arrive within {seconds} s (CARTOX_BODY_TIMEOUT_SECONDS)",
+                                   None, fhir_type="timeout"), status=408)
+
     @app.after_request
-    def cors(response: Response) -> Response:
+    def headers(response: Response) -> Response:
         # CDS Hooks clients call from the browser (SMART apps, sandboxes): allow any origin, no cookies.
         response.headers["Access-Control-Allow-Origin"] = "*"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Max-Age"] = "600"
+        # Answers are patient data: no MIME sniffing of them, no copy in any cache.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.errorhandler(CartoxError)
@@ -49,9 +73,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        code = _HTTP_CODES.get(status, "input-bad-parameter" if status < 500 else "internal-error")
-        return outcome_response([Issue(code, f"{error.name}: {request.method} {request.path}", None,
-                                       fhir_type="not-found" if status == 404 else "not-supported")], status)
+        code, fhir_type = _HTTP_ERRORS.get(status, ("input-bad-request", "invalid") if status < 500 else ("internal-error", "exception"))
+        response = outcome_response([Issue(code, f"{error.name}: {request.method} {request.path}", None, fhir_type=fhir_type)], status)
+        for name, value in error.get_headers():  # Allow of a 405, WWW-Authenticate of a 401 ...
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
@@ -12,38 +13,61 @@ import orjson
 from service.errors import CartoxError, RulesError, operation_outcome
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.pipeline import Engine
+
 
 @click.group()
 def main() -> None:
     """cartox: CAR-T toxicity decision support (ASTCT grading, FHIR RiskAssessment/CarePlan, CDS Hooks)."""
 
 
+def configured_engine() -> Engine:
+    """Settings and the compiled rule set from the environment.
+
+    A configuration the service cannot run with ends the command with one line on stderr naming the
+    variable, and exit status 2 (no traceback): the same for `cartox serve`, `cartox evaluate` and the image.
+    """
+    from service.pipeline import Engine
+
+    try:
+        return Engine(Settings.from_env())
+    except RulesError as exc:
+        _configuration_error(f"{_rules_variable(exc)}: {exc}")
+    except ValueError as exc:  # Settings.from_env and Engine name the variable in the message
+        _configuration_error(str(exc))
+    except OSError as exc:  # rule files that cannot be read
+        _configuration_error(f"{_rules_variable(None)}: {exc}")
+
+
+def _rules_variable(error: RulesError | None) -> str:
+    """The variable behind a rule-loading error: the overrides, a site's rule directory, or the shipped rules."""
+    if error is not None and str(error).removeprefix(f"{error.path}: ").startswith("override"):
+        return "CARTOX_RULE_OVERRIDES"
+    return "CARTOX_RULES_DIR" if os.environ.get("CARTOX_RULES_DIR") else "shipped rules"
+
+
+def _configuration_error(message: str) -> NoReturn:
+    click.echo(f"cartox: configuration error: {message}", err=True)
+    sys.exit(2)
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1, or CARTOX_HOST).")
-@click.option("--port", default=None, type=int, help="Port (default 8080, or CARTOX_PORT).")
-@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes.")
-def serve(host: str | None, port: int | None, workers: int) -> None:
-    """Start the HTTP service with gunicorn (rules are compiled before the first request)."""
-    from gunicorn.app.base import BaseApplication
-
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="Port (default 8080, or CARTOX_PORT).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Threads per worker that run the application on fully received requests.")
+def serve(host: str | None, port: int | None, workers: int, threads: int) -> None:
+    """Start the HTTP service (README "Worker model"); rules are compiled before the first request."""
     from service.app import create_app
+    from service.server import BufferedWSGI, Server
 
-    settings = Settings.from_env()
-    settings = settings.with_values(host=host or settings.host, port=port or settings.port)
-    application = create_app(settings)
-
-    class _Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("timeout", 60)
-            self.cfg.set("accesslog", "-")
-
-        def load(self) -> Any:
-            return application
-
-    click.echo(f"cartox listening on http://{settings.host}:{settings.port} (rule set {application.extensions['cartox.engine'].rules.version})", err=True)
-    _Server().run()
+    engine = configured_engine()
+    settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
+    application = BufferedWSGI(create_app(settings, engine), settings.max_body_bytes, settings.body_timeout_seconds, threads)
+    click.echo(f"cartox listening on http://{settings.host}:{settings.port} (rule set {engine.rules.version})", err=True)
+    Server(application, f"{settings.host}:{settings.port}", workers).run()
 
 
 @main.command()
@@ -58,9 +82,9 @@ def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infu
     from datetime import datetime, timezone
 
     from service.fhir_input.times import TimeError, parse_infusion_date, parse_instant_parameter
-    from service.pipeline import RequestOptions, default_engine, render
+    from service.pipeline import RequestOptions, render
 
-    engine = default_engine()
+    engine = configured_engine()
     try:
         moment = parse_instant_parameter(as_of) if as_of else datetime.now(timezone.utc)
         infusion, date_only = parse_infusion_date(infusion_date) if infusion_date else (None, False)
@@ -79,14 +103,21 @@ def rules() -> None:
     """Rule files: lint and test."""
 
 
+_DIR_OPTION = click.option("--dir", "directory", default=None, type=click.Path(exists=True, file_okay=False),
+                           help="Rule directory (default: CARTOX_RULES_DIR, else the shipped rules).")
+
+
 def _rules_dir(directory: str | None) -> Path:
+    """The directory to check, as an absolute path, announced first so the output says what was checked."""
     from service.resources import rules_dir
 
-    return Path(directory) if directory else rules_dir()
+    path = (Path(directory) if directory else rules_dir()).resolve()
+    click.echo(f"rules directory: {path}")
+    return path
 
 
 @rules.command("lint")
-@click.option("--dir", "directory", default=None, help="Rule directory (default: the shipped rules or CARTOX_RULES_DIR).")
+@_DIR_OPTION
 def lint(directory: str | None) -> None:
     """Validate every rule file and case file against rules/schema and compile the rule set."""
     from service.rules_engine.cases import load_cases
@@ -109,7 +140,7 @@ def lint(directory: str | None) -> None:
 
 
 @rules.command("test")
-@click.option("--dir", "directory", default=None, help="Rule directory (default: the shipped rules or CARTOX_RULES_DIR).")
+@_DIR_OPTION
 @click.option("-k", "keyword", default=None, help="Only cases whose name contains this text.")
 def test(directory: str | None, keyword: str | None) -> None:
     """Run the named cases in rules/*.cases.yaml."""

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 PREFIX = "CARTOX_"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Integer settings: (smallest, largest) accepted value.
+_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600)}
 
 
 def _as_bool(text: str) -> bool:
@@ -15,7 +18,7 @@ def _as_bool(text: str) -> bool:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"expected true or false (1/0, yes/no, on/off), got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Settings:
     canonical_base: str = "http://cartox.example.org/fhir"
     guideline: str = "seed-S004"
     max_body_bytes: int = 32 * 1024 * 1024
+    # The whole request body must arrive within this many seconds of its headers (else 408).
+    body_timeout_seconds: int = 30
     accept_preliminary: bool = False
     strict_validation: bool = False
     # JSON object {"rule-id": {"parameter": value}}: a site's values for the parameters rule files mark
@@ -36,6 +41,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from CARTOX_ variables; ValueError naming the variable for a value that cannot be used."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in fields(cls):
@@ -53,16 +59,41 @@ def _parse(name: str, declared: Any, raw: str) -> Any:
     kind = str(declared)
     try:
         if kind == "int":
-            return int(raw)
+            return _as_int(name, raw)
         if kind == "bool":
             return _as_bool(raw)
         if kind.startswith("Mapping"):
-            import orjson
-
-            parsed = orjson.loads(raw)
-            if not isinstance(parsed, dict):
-                raise ValueError("expected a JSON object")
-            return parsed
+            return _as_overrides(raw)
+        if name == "log_level":
+            level = raw.strip().upper()
+            if level not in _LOG_LEVELS:
+                raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
+            return level
+        if name == "canonical_base" and not raw.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http(s) URL, got {raw!r}")
         return raw
     except ValueError as exc:
-        raise ValueError(f"{PREFIX}{name.upper()}: {exc}") from exc
+        raise ValueError(f"{PREFIX}{name.upper()}: {exc}") from None
+
+
+def _as_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+    low, high = _INT_RANGES[name]
+    if not low <= value <= high:
+        raise ValueError(f"{value} is outside the allowed range {low}-{high}")
+    return value
+
+
+def _as_overrides(raw: str) -> dict[str, Any]:
+    import orjson
+
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict) or not all(isinstance(values, dict) for values in parsed.values()):
+        raise ValueError('expected a JSON object {"rule-id": {"parameter": value}}')
+    return parsed

@@ -305,3 +305,20 @@ def resources():
 @pytest.fixture(scope="session")
 def deep_copy():
     return copy.deepcopy
+
+
+def _card_text(detail: str) -> str:
+    """A card detail as the clinician reads it: markdown rendered to plain text (escapes and entities resolved)."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(detail)
+    lines = []
+    for token in tokens:
+        if token.type == "inline":
+            lines.append("".join(child.content for child in token.children or () if child.type in ("text", "code_inline")))
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def card_text() -> Callable[[str], str]:
+    return _card_text

@@ -88,6 +88,8 @@ def _drug_line(action: PlannedAction) -> Markdown:
         return md("{}: {} Now: {}.", condition.text[:1].upper() + condition.text[1:], action.description, condition.status)
     if action.status == BLOCKED:
         return md("{} {}", action.description, action.reason or "")
+    if action.condition is not None and action.condition.met:
+        return md("{} Indicated: {}.", action.description, action.condition.status)
     return md("{}", action.description)
 
 

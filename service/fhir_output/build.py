@@ -183,21 +183,15 @@ _DETAIL_STATUS = {GIVE_NOW: "not-started", CONDITIONAL: "on-hold", BLOCKED: "not
 
 
 def _plan_extensions(action: PlannedAction, config: OutputConfig) -> list[dict[str, Any]]:
-    """activity-role and activity-condition (fhir_profiles/StructureDefinition-activity-*.json)."""
+    """plan-status, activity-role, activity-condition(-met): fhir_profiles/StructureDefinition-*.json."""
     condition = action.condition
-    if condition is None:
-        code, text, met, status = "none", "no condition: indicated at this grade", True, "indicated at this grade"
-    else:
-        code, text, met, status = condition.code, condition.text, condition.met, condition.status
+    code, text, met = ("none", "indicated at this grade", True) if condition is None else (condition.code, condition.text, condition.met)
     return [
-        {"url": config.profile("activity-role"), "valueCode": action.role or "first-line"},
-        {"url": config.profile("activity-condition"), "extension": [
-            {"url": "code", "valueCode": code},
-            {"url": "text", "valueString": text},
-            {"url": "met", "valueBoolean": met},
-            {"url": "status", "valueString": status},
-        ]},
         {"url": config.profile("plan-status"), "valueCode": action.status},
+        {"url": config.profile("activity-role"), "valueCode": action.role or "first-line"},
+        {"url": config.profile("activity-condition"),
+         "valueCodeableConcept": {"coding": [{"system": config.codesystem, "code": code}], "text": text}},
+        {"url": config.profile("activity-condition-met"), "valueBoolean": met},
     ]
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 from flask import Blueprint, Response, request
 
 from service.errors import InputError, Issue
-from service.fhir_input.decode import decode_bundle, decode_resource, split_validation_message
+from service.fhir_input.decode import Partial, decode_bundle, decode_resource, split_validation_message
 from service.http_api.common import as_of_parameter, engine, infusion_parameter, json_response, require_json_body
 from service.pipeline import Engine, RequestOptions
 from service.timeline.build import SourcedEntry, entries_from_bundle
@@ -32,15 +33,15 @@ _HOOK_DECODER = msgspec.json.Decoder(HookRequest)
 
 
 def prefetch_templates(service: Engine) -> dict[str, str]:
-    """Searches for exactly the codes the rules read (observations) and every administration (medications
-    are also matched by name, which a code search cannot express)."""
-    terms = service.rules.terminology
-    codes = {f"{ref.system}|{ref.code}" for refs in terms.all_codes.values() for ref in refs}
-    codes |= {f"{system}|{code}" for system, code in terms.panel_codes}
+    """Observations: exactly the codes the loaded rules read (the input terminology is cut to the concepts
+    some rule observes; a panel is asked for when its components carry one of them), so that nothing fetched
+    is then ignored. Administrations: every one, whatever its code (medications are also matched by name,
+    which a code search cannot express), with the Medications they reference."""
+    codes = sorted(f"{system}|{code}" for system, code in service.rules.input_terminology.observation_codes())
     return {
         "patient": "Patient/{{context.patientId}}",
-        "observations": "Observation?patient={{context.patientId}}&code=" + ",".join(sorted(codes)),
-        "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}",
+        "observations": "Observation?patient={{context.patientId}}&code=" + ",".join(codes),
+        "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}&_include=MedicationAdministration:medication",
     }
 
 
@@ -87,7 +88,10 @@ def _decode_request(body: bytes) -> HookRequest:
 
 
 def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEntry], dict[str, list[Any]]]:
-    """Prefetched Patient and searchset Bundles -> entries; a missing key is a 412, null means no data."""
+    """Prefetched Patient and searchset Bundles -> entries; a missing key is a 412, null means no data.
+
+    A searchset with a `next` link was cut by paging: its entries carry the reason (the timeline reports the
+    data as partial); a cut page without any usable entry hands its reason to another entry."""
     missing = [key for key in REQUIRED_PREFETCH if key not in prefetch]
     if missing:
         raise InputError(
@@ -104,14 +108,21 @@ def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEn
             raise InputError(Issue("input-wrong-type", f"prefetch.patient must be a Patient, not {patient.resourceType!r}",
                                    "prefetch.patient.resourceType"), status=422)
         entries.append(SourcedEntry("prefetch.patient", None, patient))
+    orphans: list[Partial] = []
     for key in ("observations", "medicationAdministrations"):
         raw = bytes(prefetch[key])
         if raw.strip() == b"null":
             continue
         decoded = decode_bundle(raw, root=f"prefetch.{key}")
         entries += entries_from_bundle(decoded.entries, root=f"prefetch.{key}")
+        if decoded.partial is not None and not decoded.entries:
+            orphans.append(decoded.partial)
         for kind, where in decoded.ignored_types.items():
             ignored.setdefault(kind, []).extend(where)
+    for partial in orphans:
+        index = next((i for i, entry in enumerate(entries) if entry.partial is None), None)
+        if index is not None:  # without any entry there is nothing to grade: the finding is not assessable
+            entries[index] = replace(entries[index], partial=partial)
     return entries, ignored
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import orjson
 from flask import Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from service.errors import InputError, Issue, operation_outcome
 from service.fhir_input.times import TimeError, parse_infusion_date, parse_instant_parameter
@@ -13,6 +16,14 @@ from service.pipeline import Engine
 
 JSON_TYPES = ("application/json", "application/fhir+json")
 FHIR_JSON = "application/fhir+json"
+
+# Set by the server front (service.server) when it stopped reading a body: the app answers 408 or 413.
+BODY_VERDICT = "cartox.body_verdict"
+BODY_TIMED_OUT = "timed-out"
+BODY_TOO_LARGE = "too-large"
+
+# msgspec ends a decode error with the offset it stopped at: "... trailing characters (byte 10)".
+_BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
 
 
 def engine() -> Engine:
@@ -24,8 +35,13 @@ def json_response(document: object, status: int = 200, mimetype: str = "applicat
 
 
 def outcome_response(issues: list[Issue], status: int) -> Response:
-    codesystem = engine().output.codesystem
-    return json_response(operation_outcome(issues, codesystem), status, FHIR_JSON)
+    """The OperationOutcome of an error; an input-not-json issue with a known offset has diagnostics "byte N"."""
+    document = operation_outcome(issues, engine().output.codesystem)
+    for issue, rendered in zip(issues, document["issue"]):
+        offset = _BYTE_OFFSET.search(issue.message) if issue.code == "input-not-json" else None
+        if offset:
+            rendered["diagnostics"] = f"byte {offset.group(1)}"
+    return json_response(document, status, FHIR_JSON)
 
 
 def require_json_body() -> bytes:
@@ -38,7 +54,20 @@ def require_json_body() -> bytes:
                   None, fhir_type="not-supported"),
             status=415,
         )
-    return request.get_data(cache=False)
+    return read_body()
+
+
+def read_body() -> bytes:
+    """The whole body, or 413 above MAX_CONTENT_LENGTH, whether it has a Content-Length or is chunked.
+
+    werkzeug's own stream stops a chunked body at the limit without saying that it went on (the truncated
+    body would be evaluated): read through a stream one byte longer to tell.
+    """
+    limit: int = current_app.config["MAX_CONTENT_LENGTH"]
+    body = get_input_stream(request.environ, max_content_length=limit + 1).read()
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
 
 
 def as_of_parameter(name: str = "asOf") -> datetime:

@@ -113,7 +113,7 @@ def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
             "subject": subject, **_effective(item),
             "valueCodeableConcept": {"coding": [{"system": SNOMED, "code": str(item["device"])}]},
         }
-    if "med" in item:
+    if "med" in item:  # optional: rxnorm, dose_mg, volume_ml, rate_ml_h
         concept: dict[str, Any] = {"text": item["med"]}
         if "rxnorm" in item:
             concept["coding"] = [{"system": RXNORM, "code": str(item["rxnorm"])}]
@@ -121,8 +121,15 @@ def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
             "resourceType": "MedicationAdministration", "id": rid, "status": item.get("status", "completed"),
             "medicationCodeableConcept": concept, "subject": subject, **_effective(item),
         }
+        dosage: dict[str, Any] = {}
         if "dose_mg" in item:
-            resource["dosage"] = {"dose": _quantity(item["dose_mg"], "mg")}
+            dosage["dose"] = _quantity(item["dose_mg"], "mg")
+        if "volume_ml" in item:  # a fluid: the dose is a volume
+            dosage["dose"] = _quantity(item["volume_ml"], "mL")
+        if "rate_ml_h" in item:
+            dosage["rateQuantity"] = _quantity(item["rate_ml_h"], "mL/h")
+        if dosage:
+            resource["dosage"] = dosage
         return resource
     raise ValueError(f"cannot read compact resource {dict(item)!r}")
 
@@ -277,6 +284,7 @@ def _check_plan(outcome: Outcome, graded_rule: str, expected: Mapping[str, Any] 
                 _include(f"{drug} roles", [a.role for a in actions if a.code == drug], [role])
         elif key == "description_includes":
             texts = tuple(a.description for a in actions) + tuple(a.reason for a in actions if a.reason) + plan.notes
+            texts += tuple(a.condition.status for a in actions if a.condition)
             _include_text("plan text", texts, value)
         elif key == "description_excludes":
             texts = tuple(a.description for a in actions) + tuple(a.reason for a in actions if a.reason) + plan.notes

@@ -280,6 +280,28 @@ def concurrent_administrations(spec: Mapping[str, Any], c: Compiler) -> tuple[Ev
     return evaluate, candidates
 
 
+def _fluid_bolus(given: Administration, min_ml: float, max_minutes: float, min_rate: float) -> tuple[bool, str]:
+    """R6: was this crystalloid a bolus? At least `min_ml` given within `max_minutes`, or run at `min_rate`
+    mL/h or faster (with at least `min_ml` when the volume is known). Volume from the dose, else rate x
+    duration; duration from the period, else volume / rate. Returns the verdict and what was recorded."""
+    minutes = (given.end - given.time).total_seconds() / 60 if given.end is not None and given.end > given.time else None
+    volume, rate = given.volume_ml, given.rate_ml_per_h
+    if minutes is None and volume is not None and rate:
+        minutes = volume / rate * 60
+    if volume is None and rate is not None and minutes is not None:
+        volume = rate * minutes / 60
+    if volume is not None and minutes is not None and volume >= min_ml and minutes <= max_minutes:
+        return True, ""
+    if rate is not None and rate >= min_rate and (volume is None or volume >= min_ml):
+        return True, ""
+    recorded = ([f"{volume:g} mL"] if volume is not None else []) + (
+        [f"at {rate:g} mL/h"] if rate is not None else [f"over {minutes:.0f} min"] if minutes is not None else [])
+    unknown = (["volume"] if volume is None else []) + (["rate or duration"] if rate is None and minutes is None else [])
+    if unknown:
+        recorded.append(("no " if not recorded else ", no ") + " or ".join(unknown) + " recorded")
+    return False, " ".join(recorded).replace(" , ", ", ")
+
+
 def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
     concept = c.measurement(spec["concept"])
     compare = _COMPARATORS[spec["comparator"]]
@@ -290,7 +312,28 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
     follow = spec.get("or_followed_by")
     follow_meds = c.medications(follow["medications"]) if follow else frozenset()
     follow_within = timedelta(hours=c.number(follow["within_hours"])) if follow else timedelta(0)
+    # Coded fluids (R6): the same bags run as maintenance, so a crystalloid counts only as a bolus.
+    fluids = follow.get("fluids") if follow else None
+    fluid_meds = c.medications(fluids["medications"]) if fluids else frozenset()
+    bolus = (c.number(fluids["min_volume_ml"]), c.number(fluids["max_minutes"]), c.number(fluids["min_rate_ml_per_hour"])) if fluids else None
     unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+
+    def boluses_after(ctx: Context, window: Window, start: datetime) -> tuple[list[Administration], dict[str, None]]:
+        """Fluid boluses started in [start, window end]: text-documented ones, and crystalloids that were
+        given as a bolus; the crystalloids that were not, described for the note."""
+        given = [a for a in _administrations(ctx.timeline, follow_meds, window) if a.time >= start]
+        rejected: dict[str, None] = {}
+        if bolus is not None:
+            for fluid in _administrations(ctx.timeline, fluid_meds, window):
+                if fluid.time < start:
+                    continue
+                counted, recorded = _fluid_bolus(fluid, *bolus)
+                if counted:
+                    given.append(fluid)
+                else:
+                    rejected[f"{fluid.display} at {ctx.timeline.local(fluid.time)} ({recorded})"] = None
+        given.sort(key=lambda a: a.time)
+        return given, rejected
 
     def evaluate(ctx: Context, window: Window) -> Result:
         facts = _in_window(ctx.timeline, concept, window)
@@ -305,14 +348,18 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
             return Result(False, (min(facts, key=lambda f: f.value),), notes=notes)
         if len(low) >= min_readings and low[-1].time - low[0].time >= min_span:
             return Result(True, tuple(low), low[0].time, low[-1].time, notes)
-        if follow_meds:
+        not_boluses: dict[str, None] = {}
+        if follow_meds or fluid_meds:
             for reading in low:
-                after = Window(reading.time - timedelta(microseconds=1), min(reading.time + follow_within, window.end))
-                boluses = [a for a in _administrations(ctx.timeline, follow_meds, after) if a.time >= reading.time]
-                if boluses:
-                    return Result(True, (reading, boluses[0]), reading.time, boluses[0].time, notes)
+                after = Window(reading.time - _INSTANT, min(reading.time + follow_within, window.end))
+                given, rejected = boluses_after(ctx, after, reading.time)
+                if given:
+                    return Result(True, (reading, given[0]), reading.time, given[0].time, notes)
+                not_boluses.update(rejected)
         shown = ", ".join(f"{f.value:g} {f.unit} at {ctx.timeline.local(f.time)}" for f in low)
         single = (f"{concept} {symbol} {limit:g}: {shown} — not sustained, reported but not graded",)
+        if not_boluses:
+            single += (f"not a fluid bolus (R6): {'; '.join(not_boluses)}",)
         return Result(False, tuple(low), notes=notes + single)
 
     def positive_candidates(ctx: Context, window: Window) -> Iterable[datetime]:
@@ -321,10 +368,21 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
         low = [f.time for f in _in_window(ctx.timeline, concept, window) if compare(f.value, limit)]
         if not low:
             return []
-        boluses = [a.time for a in _administrations(ctx.timeline, follow_meds, window)] if follow_meds else []
-        return low + boluses
+        return low + [a.time for a in boluses_after(ctx, window, window.start)[0]]
 
     return evaluate, positive_candidates
+
+
+def _bands(specs: Iterable[Mapping[str, Any]], c: Compiler) -> list[tuple[float, float | None, int]]:
+    """(above, up_to, level) bands of a measured value: above < value <= up_to."""
+    return [(c.number(band.get("above", 0)), c.number(band["up_to"]) if "up_to" in band else None, int(band["level"])) for band in specs]
+
+
+def _band_level(bands: list[tuple[float, float | None, int]], value: float) -> int:
+    for above, up_to, level in bands:
+        if value > above and (up_to is None or value <= up_to):
+            return level
+    return 0
 
 
 def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
@@ -332,21 +390,17 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
     flow_concept = c.measurement(spec["flow_concept"])
     presence = [c.measurement(name) for name in spec.get("presence_concepts", [])]
     device_levels = {name: int(level) for name, level in spec["device_levels"].items()}
+    highest = max(device_levels.values(), default=0)
     flow_applies = set(spec["flow_applies_to"])
-    bands = [
-        (c.number(band.get("above", 0)), c.number(band["up_to"]) if "up_to" in band else None, int(band["level"]))
-        for band in spec["flow_bands"]
-    ]
+    bands = _bands(spec["flow_bands"], c)
+    # R5: FiO2 above room air with no device and no flow recorded = oxygen by an unknown device.
+    fio2_concept = c.measurement(spec["fio2_concept"]) if "fio2_concept" in spec else None
+    fio2_applies = set(spec.get("fio2_applies_to", ()))
+    fio2_bands = _bands(spec.get("fio2_bands", ()), c)
     recency = timedelta(hours=c.number(spec["device_recency_hours"]))
     baseline_days = c.number(spec.get("baseline_days_before_day_zero", 0))
     unknown_when_missing = spec.get("missing", "unknown") == "unknown"
     name = spec["_name"]
-
-    def flow_level(litres: float) -> int:
-        for above, up_to, level in bands:
-            if litres > above and (up_to is None or litres <= up_to):
-                return level
-        return 0
 
     def device_at(devices: tuple[CodedValue, ...], times: tuple[datetime, ...], moment: datetime) -> CodedValue | None:
         """The latest device recorded at or before the moment, if still current."""
@@ -358,7 +412,14 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
             return current
         return None
 
-    def levels(ctx: Context, window: Window) -> tuple[list[tuple[int, Any]], bool]:
+    def flow_recorded(times: tuple[datetime, ...], moment: datetime) -> bool:
+        """A flow charted at or at most `recency` before the moment: the oxygen's delivery is known."""
+        index = bisect_right(times, moment) - 1
+        return index >= 0 and moment - times[index] <= recency
+
+    def levels(ctx: Context, window: Window) -> tuple[list[tuple[int, Any]], bool, Measurement | None]:
+        """(level, fact) pairs in the window, whether any oxygen data were present, and the highest FiO2
+        reading scored without a device (the device is then missing)."""
         key = (name + "#levels", window.start, window.end)
         cached = ctx.cache.get(key)
         if cached is not None:
@@ -378,16 +439,29 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
             device = device_at(devices, times, flow.time)
             kind = device.value if device is not None and device.value is not None else "unknown"
             if kind in flow_applies:
-                scored.append((flow_level(flow.value), flow))
+                scored.append((_band_level(bands, flow.value), flow))
             if device is not None and not window.contains(device.time):
                 # the device charted before the window is still the one delivering this flow
                 scored.append((device_levels.get(device.value or "", 0), device))
+        no_device: Measurement | None = None
+        if fio2_concept is not None:
+            flow_times = timeline.measurement_times.get(flow_concept, ())
+            for reading in _in_window(timeline, fio2_concept, window):
+                level = _band_level(fio2_bands, reading.value)
+                if not level or flow_recorded(flow_times, reading.time):
+                    continue
+                device = device_at(devices, times, reading.time)
+                if (device.value if device is not None and device.value is not None else "unknown") not in fio2_applies:
+                    continue  # a device is recorded: its category decides
+                scored.append((level, reading))
+                if no_device is None or reading.value > no_device.value:
+                    no_device = reading
         present = bool(scored) or any(_in_window(timeline, concept, window) for concept in presence)
-        ctx.cache[key] = (scored, present)
-        return scored, present
+        ctx.cache[key] = (scored, present, no_device)
+        return scored, present, no_device
 
     def evaluate(ctx: Context, window: Window) -> Result:
-        scored, present = levels(ctx, window)
+        scored, present, no_device = levels(ctx, window)
         if not present:
             if unknown_when_missing:
                 return Result(None, missing=f"no oxygen data (device, flow or SpO2) in {_describe(ctx, window)}")
@@ -397,12 +471,16 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
         top = max(level for level, _ in scored)
         evidence = tuple(fact for level, fact in scored if level == top)
         positive = [fact.time for level, fact in scored if level >= 2]
-        notes: tuple[str, ...] = ()
+        incomplete = None
+        if no_device is not None and top < highest:  # the unknown device may have been more support
+            incomplete = (f"oxygen delivery device not recorded ({ctx.terminology.display(no_device.concept)} "
+                          f"{no_device.value:g} {no_device.unit} at {ctx.timeline.local(no_device.time)})")
         baseline = _baseline(ctx)
         if top and baseline and top <= baseline:
             notes = (f"oxygen support level {top} also used before day 0 (home oxygen): not counted as hypoxia",)
-            return Result(0, evidence, notes=notes)
-        return Result(float(top), evidence, min(positive) if positive else None, max(positive) if positive else None, notes)
+            return Result(0, evidence, notes=notes, incomplete=incomplete)
+        return Result(float(top), evidence, min(positive) if positive else None, max(positive) if positive else None,
+                      incomplete=incomplete)
 
     def _baseline(ctx: Context) -> int:
         day_zero = ctx.timeline.day_zero
@@ -411,12 +489,12 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
         key = (name + "#baseline", day_zero.time, day_zero.time)
         if key not in ctx.cache:
             before = Window(day_zero.time - timedelta(days=baseline_days), day_zero.time - timedelta(microseconds=1))
-            scored, _ = levels(ctx, before)
+            scored, _, _ = levels(ctx, before)
             ctx.cache[key] = max((level for level, _ in scored), default=0)
         return ctx.cache[key]
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
-        scored, _ = levels(ctx, window)
+        scored, _, _ = levels(ctx, window)
         return [max(fact.time, window.start + timedelta(microseconds=1)) for level, fact in scored if level >= 2]
 
     return evaluate, candidates

@@ -5,6 +5,7 @@ After every test the service must still answer GET /healthz (autouse fixture bel
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable
 
@@ -57,6 +58,25 @@ def _note_code(issue: dict) -> str | None:
 @pytest.mark.parametrize("body", [b"{not json", b'{"resourceType": "Bundle",', b"", b"\xff\xfe\x00garbage", b"{'a': 1}"])
 def test_malformed_json(post_evaluate, outcome_issue, body):
     outcome_issue(post_evaluate(body), 400, "input-not-json")
+
+
+@pytest.mark.parametrize("body, offset", [(b'{"a": 1} x', 10), (b'{"resourceType": "Bundle",}', 26), (b"{not json", 1), (b"\xff", 0)])
+def test_malformed_json_gives_the_byte_offset(post_evaluate, outcome_issue, body, offset):
+    issue = outcome_issue(post_evaluate(body), 400, "input-not-json")
+    assert f"(byte {offset})" in issue["details"]["text"]
+    assert issue["diagnostics"] == f"byte {offset}"
+
+
+def test_truncated_json_has_no_offset_to_give(post_evaluate, outcome_issue):
+    issue = outcome_issue(post_evaluate(b'{"resourceType": "Bundle",'), 400, "input-not-json")
+    assert "truncated" in issue["details"]["text"]
+    assert not issue["diagnostics"].startswith("byte ")
+
+
+def test_malformed_cds_hooks_request_gives_the_byte_offset(client, outcome_issue):
+    response = client.post("/cds-services/car-t-toxicity", data=b'{"hook": "patient-view",,}', content_type="application/json")
+    issue = outcome_issue(response, 400, "input-not-json")
+    assert issue["diagnostics"] == "byte 24"
 
 
 def test_json_array(post_evaluate, outcome_issue, small_bundle):
@@ -237,6 +257,52 @@ def test_body_above_the_limit(app_factory, post_evaluate, outcome_issue, small_b
     assert small_client.get("/healthz").status_code == 200
 
 
+def _post_chunked(test_client, body: bytes, as_of: str = AS_OF):
+    """A chunked request as a server that decodes the chunks hands it over: no CONTENT_LENGTH, the input
+    terminated by the server (gunicorn sets wsgi.input_terminated)."""
+    return test_client.post(f"/evaluate?asOf={as_of.replace('+', '%2B')}", input_stream=io.BytesIO(body),
+                            content_type="application/fhir+json", headers={"Transfer-Encoding": "chunked"},
+                            environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_chunked_body_above_the_limit(app_factory, outcome_issue, bundle_factory):
+    """werkzeug alone would cut the body at the limit and evaluate the truncated JSON (400 or even 200)."""
+    small_client = app_factory(max_body_bytes=1000).test_client()
+    body = json.dumps(bundle_factory.febrile_patient()).encode()
+    assert len(body) > 1000
+    issue = outcome_issue(_post_chunked(small_client, body), 413, "input-body-too-large")
+    assert "1000" in issue["details"]["text"]
+    # A body just above the limit, and one whose first 1000 bytes are valid JSON on their own.
+    outcome_issue(_post_chunked(small_client, body[:1001]), 413, "input-body-too-large")
+    padded = body + b" " * 1000
+    outcome_issue(_post_chunked(small_client, padded), 413, "input-body-too-large")
+
+
+def test_chunked_body_within_the_limit_is_evaluated(app_factory, bundle_factory):
+    body = json.dumps(bundle_factory.febrile_patient()).encode()
+    exact_client = app_factory(max_body_bytes=len(body)).test_client()
+    response = _post_chunked(exact_client, body, as_of="2026-03-04T12:00:00+01:00")  # the fever of day 2: grade 1
+    assert response.status_code == 200, response.get_data(as_text=True)[:400]
+    assert [card["indicator"] for card in response.get_json()["cards"]] == ["warning"]
+
+
+def test_content_length_body_exactly_at_the_limit_is_evaluated(app_factory, post_evaluate, outcome_issue, bundle_factory):
+    body = json.dumps(bundle_factory.febrile_patient()).encode()
+    assert post_evaluate(body, test_client=app_factory(max_body_bytes=len(body)).test_client()).status_code == 200
+    outcome_issue(post_evaluate(body, test_client=app_factory(max_body_bytes=len(body) - 1).test_client()), 413, "input-body-too-large")
+
+
+@pytest.mark.parametrize("verdict, status, code", [("too-large", 413, "input-body-too-large"), ("timed-out", 408, "input-timeout")])
+def test_body_cut_off_by_the_server_front(client, outcome_issue, verdict, status, code):
+    """service.server stops reading a body past the limit or the deadline and tells the app in the environ."""
+    response = client.post("/evaluate", data=b"", content_type="application/fhir+json",
+                           environ_overrides={"cartox.body_verdict": verdict})
+    issue = outcome_issue(response, status, code)
+    if status == 408:
+        assert issue["code"] == "timeout"
+        assert "30 s (CARTOX_BODY_TIMEOUT_SECONDS)" in issue["details"]["text"]
+
+
 # --------------------------------------------------------------------------------------------------
 # 404, 405
 # --------------------------------------------------------------------------------------------------
@@ -260,10 +326,76 @@ def test_method_not_allowed(client, outcome_issue, method, path):
     outcome_issue(getattr(client, method)(path), 405, "method-not-allowed")
 
 
+def test_method_not_allowed_says_which_are(client):
+    allowed = {method.strip() for method in client.delete("/healthz").headers["Allow"].split(",")}
+    assert allowed == {"GET", "HEAD", "OPTIONS"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Any HTTP error raised inside the app (401 will come from authentication) is an OperationOutcome
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("status, code, issue_type", [
+    (400, "input-bad-request", "invalid"),
+    (401, "unauthorized", "login"),
+    (403, "input-bad-request", "invalid"),
+    (408, "input-timeout", "timeout"),
+    (429, "input-bad-request", "invalid"),
+    (501, "internal-error", "exception"),
+])
+def test_http_errors_raised_in_a_view(app_factory, outcome_issue, status, code, issue_type):
+    from flask import abort
+
+    app = app_factory()
+    app.add_url_rule("/raises", "raises", lambda: abort(status))
+    issue = outcome_issue(app.test_client().get("/raises"), status, code)
+    assert issue["code"] == issue_type
+
+
+def test_401_keeps_its_authentication_challenge(app_factory, outcome_issue):
+    from werkzeug.datastructures import WWWAuthenticate
+    from werkzeug.exceptions import Unauthorized
+
+    def view():
+        raise Unauthorized(www_authenticate=WWWAuthenticate("bearer", {"realm": "cartox"}))
+
+    app = app_factory()
+    app.add_url_rule("/protected", "protected", view)
+    response = app.test_client().get("/protected")
+    outcome_issue(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == "Bearer realm=cartox"
+
+
+# --------------------------------------------------------------------------------------------------
+# Security headers on every answer (success and error), no server banner
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, path, data, status", [
+    ("get", "/healthz", None, 200),
+    ("get", "/cds-services", None, 200),
+    ("post", "/evaluate", b"{not json", 400),
+    ("get", "/nope", None, 404),
+    ("delete", "/evaluate", None, 405),
+    ("post", "/evaluate", b"<Bundle/>", 415),
+])
+def test_security_headers(client, method, path, data, status):
+    content_type = "application/xml" if data == b"<Bundle/>" else "application/fhir+json"
+    response = getattr(client, method)(path, data=data, content_type=content_type)
+    assert response.status_code == status
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Server" not in response.headers
+
+
+def test_security_headers_on_an_evaluation(post_evaluate, small_bundle):
+    response = post_evaluate(small_bundle, _format="fhir")
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 # --------------------------------------------------------------------------------------------------
 # Implausible and unusable values: dropped and reported, never fatal
 # --------------------------------------------------------------------------------------------------
-def test_implausible_temperature_is_dropped_and_reported(post_evaluate, small_bundle):
+def test_implausible_temperature_is_dropped_and_reported(post_evaluate, small_bundle, card_text):
     index = _index_of(small_bundle, "Observation", "8310-5")
     small_bundle["entry"][index]["resource"]["valueQuantity"]["value"] = 450
     response = post_evaluate(small_bundle, _format="fhir")
@@ -278,10 +410,10 @@ def test_implausible_temperature_is_dropped_and_reported(post_evaluate, small_bu
     assert {"reference": f"Observation/{observation_id}"} not in ra.get("basis", [])
     # The other temperatures still grade the episode.
     assert ra["prediction"][0]["outcome"]["coding"][0]["code"] == "grade-2"
-    # The card reports the dropped value too.
+    # The card counts the dropped value and points to the OperationOutcome; locations stay off the card.
     card = _outcome(post_evaluate(small_bundle))["cards"][0]
-    assert "Dropped or flagged input" in card["detail"]
-    assert f"Bundle.entry[{index}]" in card["detail"]
+    assert "1 input item was dropped or flagged (see the OperationOutcome)." in card_text(card["detail"])
+    assert "Bundle.entry[" not in card_text(card["detail"])
 
 
 def test_only_temperature_implausible_gives_not_assessable_never_grade_0(post_evaluate, bundle_factory):

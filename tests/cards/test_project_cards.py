@@ -6,9 +6,10 @@ full) at several evaluation times. Each card's ``detail`` must pass markdown_che
 (headings, one-line paragraphs and tight bullet lists only; no heading or paragraph folded into a list
 item; no raw HTML, link, image or code) and its ``summary`` must be plain text under 140 characters.
 
-EXPECTED TO FAIL until cards.py builds its detail with service.cds_cards.markdown (issue 5, item 5): today
-the bold pseudo-headings follow the list items without a blank line and fold into them, and the notes use
-code spans. The lead is rewriting cards.py; these tests are the acceptance check and are not to be relaxed.
+The acceptance check of issue 5, item 5: the cards.py of before the rewrite failed it (its bold pseudo-
+headings followed list items without a blank line and folded into them; notes used code spans and input
+went in unescaped). cards.py now builds the detail with service.cds_cards.markdown. Do not relax these tests
+to make a card pass: fix the card.
 """
 
 from __future__ import annotations

@@ -385,3 +385,78 @@ def test_no_null_or_empty_fields_in_cds_responses(result, find_empty):
         assert find_empty(result.cards_document) == []
     assert find_empty(result.bundle) == []
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Periods, plan statuses and card safety (issue 5)
+# --------------------------------------------------------------------------------------------------
+def _periods(value: Any, path: str = "$"):
+    if isinstance(value, dict):
+        if isinstance(value.get("start"), str) and isinstance(value.get("end"), str):
+            yield path, value
+        for key, item in value.items():
+            yield from _periods(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _periods(item, f"{path}[{index}]")
+
+
+def test_no_period_starts_after_it_ends(result):
+    for path, period in _periods(result.bundle):
+        assert _time(period["start"]) <= _time(period["end"]), path
+
+
+def _plan_status(detail: dict[str, Any]) -> tuple[str, str, bool]:
+    extensions = {e["url"].rsplit("/", 1)[1]: e for e in detail.get("extension", [])}
+    return (extensions["plan-status"]["valueCode"], extensions["activity-role"]["valueCode"],
+            extensions["activity-condition-met"]["valueBoolean"])
+
+
+def test_drug_activities_say_whether_to_give_now(result):
+    for care_plan in result.of_type("CarePlan"):
+        drugs = [a["detail"] for a in care_plan["activity"] if a["detail"]["kind"] == "MedicationRequest"]
+        give_now_roles = []
+        for detail in drugs:
+            status, role, met = _plan_status(detail)
+            assert role in {"first-line", "second-line", "alternative", "adjunct"}
+            if status == "give-now":
+                assert detail["status"] == "not-started" and not detail.get("doNotPerform")
+                assert met, f"give-now with its condition not met: {detail['description']}"
+                assert role != "alternative", "an alternative is never give-now beside the drug it replaces"
+                give_now_roles.append(role)
+            elif status == "conditional":
+                assert detail["status"] == "on-hold" and detail["statusReason"]["text"]
+                assert "quantity" not in detail or detail["quantity"]["value"] > 0
+            else:
+                assert status == "blocked" and detail["doNotPerform"] is True and detail["statusReason"]["text"]
+        # a second-line drug is given now only instead of the first line, never beside it
+        assert not ({"first-line", "second-line"} <= set(give_now_roles))
+
+
+_MARKUP = re.compile(r"[<>\[\]*_`#!|&]")
+
+
+def _input_strings(value: Any):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _input_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _input_strings(item)
+    elif isinstance(value, str) and len(value) >= 3 and _MARKUP.search(value):
+        yield value
+
+
+def test_no_input_string_unescaped_in_any_card(result):
+    strings = set(_input_strings(result.input_bundle))
+    for card in result.cards:
+        for text in strings:
+            assert text not in card["detail"], f"input {text!r} reached the card unescaped"
+            assert text not in card["summary"]
+
+
+def test_cards_are_short_enough_to_read(result):
+    for card in result.cards:
+        lines = [line for line in card["detail"].splitlines() if line.strip()]
+        assert len(lines) <= 25, card["detail"]
+        assert not re.search(r"\d\d:\d\d:\d\d|\.\d{6}", card["detail"]), "times to the minute, no seconds or microseconds"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import orjson
 
-from service.errors import CartoxError, RulesError, operation_outcome
+from service.errors import CartoxError, RulesError
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,13 +28,17 @@ def configured_engine() -> Engine:
     A configuration the service cannot run with ends the command with one line on stderr naming the
     variable, and exit status 2 (no traceback): the same for `cartox serve`, `cartox evaluate` and the image.
     """
+    try:
+        settings = Settings.from_env()  # before the heavy imports: a typo is reported at once
+    except ValueError as exc:
+        _configuration_error(str(exc))
     from service.pipeline import Engine
 
     try:
-        return Engine(Settings.from_env())
+        return Engine(settings)
     except RulesError as exc:
         _configuration_error(f"{_rules_variable(exc)}: {exc}")
-    except ValueError as exc:  # Settings.from_env and Engine name the variable in the message
+    except ValueError as exc:  # an unknown CARTOX_GUIDELINE: the message names it
         _configuration_error(str(exc))
     except OSError as exc:  # rule files that cannot be read
         _configuration_error(f"{_rules_variable(None)}: {exc}")
@@ -60,10 +64,10 @@ def _configuration_error(message: str) -> NoReturn:
               help="Threads per worker that run the application on fully received requests.")
 def serve(host: str | None, port: int | None, workers: int, threads: int) -> None:
     """Start the HTTP service (README "Worker model"); rules are compiled before the first request."""
+    engine = configured_engine()
     from service.app import create_app
     from service.server import BufferedWSGI, Server
 
-    engine = configured_engine()
     settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
     application = BufferedWSGI(create_app(settings, engine), settings.max_body_bytes, settings.body_timeout_seconds, threads)
     click.echo(f"cartox listening on http://{settings.host}:{settings.port} (rule set {engine.rules.version})", err=True)
@@ -82,6 +86,7 @@ def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infu
     from datetime import datetime, timezone
 
     from service.fhir_input.times import TimeError, parse_infusion_date, parse_instant_parameter
+    from service.http_api.common import error_outcome
     from service.pipeline import RequestOptions, render
 
     engine = configured_engine()
@@ -93,7 +98,7 @@ def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infu
     try:
         outcome = engine.evaluate_bundle_bytes(file.read(), RequestOptions(moment, guideline, infusion, date_only, strict))
     except CartoxError as exc:
-        click.echo(orjson.dumps(operation_outcome(exc.issues, engine.output.codesystem), option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(error_outcome(exc.issues, engine.output.codesystem), option=orjson.OPT_INDENT_2).decode())
         sys.exit(2)
     click.echo(orjson.dumps(orjson.loads(render(outcome, fmt)), option=orjson.OPT_INDENT_2).decode())
 

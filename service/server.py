@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
-from service.http_api.common import BODY_VERDICT, BODY_TIMED_OUT, BODY_TOO_LARGE
+from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

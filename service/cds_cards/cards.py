@@ -153,6 +153,8 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     if current.reasons:
         blocks += [paragraph(md("{} (times {})", strong("Evidence"), timeline.offset_label)),
                    bullet_list(_evidence_line(finding, r, timeline, terms) for r in current.reasons[:EVIDENCE_LINES])]
+    if current.notes:
+        blocks.append(bullet_list(md("Noted: {}", note) for note in current.notes))
     if current.missing and current.grade is not None:
         blocks.append(paragraph(md("Incomplete: {}.", "; ".join(current.missing))))
     limiting = sum(note.count for note in timeline.notes if note.severity == "warning")

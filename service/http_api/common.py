@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 from flask import Response, current_app, request
@@ -34,14 +35,18 @@ def json_response(document: object, status: int = 200, mimetype: str = "applicat
     return Response(orjson.dumps(document), status=status, mimetype=mimetype)
 
 
-def outcome_response(issues: list[Issue], status: int) -> Response:
+def error_outcome(issues: list[Issue], codesystem_url: str) -> dict[str, Any]:
     """The OperationOutcome of an error; an input-not-json issue with a known offset has diagnostics "byte N"."""
-    document = operation_outcome(issues, engine().output.codesystem)
+    document = operation_outcome(issues, codesystem_url)
     for issue, rendered in zip(issues, document["issue"]):
         offset = _BYTE_OFFSET.search(issue.message) if issue.code == "input-not-json" else None
         if offset:
             rendered["diagnostics"] = f"byte {offset.group(1)}"
-    return json_response(document, status, FHIR_JSON)
+    return document
+
+
+def outcome_response(issues: list[Issue], status: int) -> Response:
+    return json_response(error_outcome(issues, engine().output.codesystem), status, FHIR_JSON)
 
 
 def require_json_body() -> bytes:

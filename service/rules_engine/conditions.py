@@ -206,6 +206,7 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
     medications = c.medications(spec["medications"])
     lapse = timedelta(hours=c.number(spec["lapse_hours"]))
     renewed_by = list(spec.get("renewed_by", []))
+    label = spec.get("label", spec["_name"])
 
     def therapies(ctx: Context, window: Window) -> tuple[datetime | None, list[Administration]]:
         onset = ctx.result(onset_name, window)
@@ -239,7 +240,7 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
                 active_until = moment + lapse
                 last = moment
         if active_until is None or window.end > active_until:
-            return Result(False, notes=(f"fever waiver lapsed: no CRS evidence within {lapse.total_seconds() / 3600:g} h after {ctx.timeline.local(last)}",))
+            return Result(False, notes=(f"{label}: lapsed, no renewing finding within {lapse.total_seconds() / 3600:g} h after {ctx.timeline.local(last)}",))
         return Result(True, (given[0], given[-1]) if len(given) > 1 else tuple(given), given[0].time, given[-1].time)
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
@@ -298,7 +299,7 @@ def _fluid_bolus(given: Administration, min_ml: float, max_minutes: float, min_r
         [f"at {rate:g} mL/h"] if rate is not None else [f"over {minutes:.0f} min"] if minutes is not None else [])
     unknown = (["volume"] if volume is None else []) + (["rate or duration"] if rate is None and minutes is None else [])
     if unknown:
-        recorded.append(("no " if not recorded else ", no ") + " or ".join(unknown) + " recorded")
+        recorded.append(("no " if not recorded else ", no ") + ", ".join(unknown) + " recorded")
     return False, " ".join(recorded).replace(" , ", ", ")
 
 

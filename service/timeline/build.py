@@ -3,9 +3,10 @@
 Nothing unusable is used silently: every resource or value left out becomes an InputNote. Rules for
 inputs that contradict themselves:
 
-- Duplicate resources (the same resourceType and id, or the same fullUrl, twice in one request): the first
-  occurrence is used and every later one is ignored with a warning located at it. Which copy is current
-  cannot be told from the rules' fields; the first keeps the result independent of later pages or includes.
+- Duplicate resources (the same resourceType and id twice in one request; without an id, the same fullUrl):
+  the first occurrence is used and every later one is ignored with a warning located at it. Which copy is
+  current cannot be told from the fields the rules read (no meta.lastUpdated is decoded); the first keeps the
+  result independent of later pages or includes.
 - A period that ends before it starts (effectivePeriod.end < start): used as given at its start only (end =
   start, a point in time), with a warning located at the period.
 - A date-only period end covers that whole day (FHIR: the end includes any time on that date).
@@ -42,11 +43,10 @@ from service.fhir_input.units import Rejected, conversion_for, implausible, unit
 from service.timeline.facts import Administration, CodedValue, DayZero, InputNote, Measurement, Timeline
 
 
-# Codes of the warnings below. The cartox CodeSystem has no specific code for them yet: `flagged-status` is its
-# warning "check this resource" (kept here so that the codes change in one place).
-NOTE_DUPLICATE = "flagged-status"
-NOTE_PERIOD_REVERSED = "flagged-status"
-NOTE_PARTIAL_DATA = "flagged-status"
+# Codes of the warnings below (cartox CodeSystem).
+NOTE_DUPLICATE = "flagged-duplicate"
+NOTE_PERIOD_REVERSED = "flagged-time"
+NOTE_PARTIAL_DATA = "flagged-partial-data"
 
 _EARLIEST = datetime(1, 1, 1, tzinfo=timezone.utc)
 

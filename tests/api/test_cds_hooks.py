@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import orjson
 import pytest
 
@@ -316,3 +317,129 @@ def test_cors_headers_on_errors_too(call, prefetch):
     response = call(_hook_request(prefetch, hook="order-select"))
     assert response.status_code == 400
     assert response.headers.get("Access-Control-Allow-Origin")
+
+
+# --------------------------------------------------------------------------------------------------
+# Prefetch: every code asked for is used; medications referenced; paged searchsets
+# --------------------------------------------------------------------------------------------------
+def _observation_for(code_key: str, index: int, terms) -> dict[str, Any]:
+    """One plausible Observation carrying `system|code` the way the rules read it."""
+    system, code = code_key.split("|", 1)
+    resource: dict[str, Any] = {
+        "resourceType": "Observation", "id": f"obs-{index}", "status": "final",
+        "code": {"coding": [{"system": system, "code": code}]}, "subject": {"reference": "Patient/pat-codes"},
+        "effectiveDateTime": "2026-03-07T08:00:00+01:00",
+    }
+
+    def value(concept: str) -> dict[str, Any]:
+        spec = terms.measurements[concept]
+        unit = spec.canonical_unit
+        return {"value": (spec.plausible_min + spec.plausible_max) / 2, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+
+    if (system, code) in terms.measurement_by_code:
+        resource["valueQuantity"] = value(terms.measurement_by_code[(system, code)])
+    elif (system, code) in terms.coded_by_code:
+        resource["valueCodeableConcept"] = {"coding": [{"system": "http://snomed.info/sct", "code": "336623009"}]}
+    else:  # a panel: its components carry the concepts the rules read
+        read = set(terms.measurement_by_code.values())
+        resource["component"] = [
+            {"code": {"coding": [{"system": ref.system, "code": ref.code}]}, "valueQuantity": value(concept)}
+            for concept in sorted(terms.panel_components[(system, code)] & read)
+            for ref in terms.all_codes[concept][:1]
+        ]
+    return resource
+
+
+def test_no_prefetched_observation_code_is_ever_unused(client, engine):
+    from service.http_api.cds_hooks import prefetched_entries
+    from service.pipeline import RequestOptions
+    from service.fhir_input.times import parse_instant_parameter
+
+    document = orjson.loads(client.get("/cds-services").get_data())
+    query = document["services"][0]["prefetch"]["observations"]
+    codes = query.split("&code=", 1)[1].split(",")
+    terms = engine.rules.input_terminology
+    observations = [_observation_for(code, i, terms) for i, code in enumerate(codes)]
+    prefetch = {
+        "patient": msgspec.Raw(orjson.dumps({"resourceType": "Patient", "id": "pat-codes"})),
+        "observations": msgspec.Raw(orjson.dumps(_searchset(observations))),
+        "medicationAdministrations": msgspec.Raw(b"null"),
+    }
+    entries, ignored = prefetched_entries(prefetch)
+    outcome = engine.evaluate(entries, ignored, RequestOptions(parse_instant_parameter(AS_OF)))
+    unused = [n.message for n in outcome.timeline.notes if n.code in ("ignored-code", "dropped-value", "dropped-unit", "dropped-implausible")]
+    assert not [code for code in codes if any(code.split("|", 1)[1] in message for message in unused)], unused
+    assert {f"Observation/obs-{i}" for i in range(len(codes))} <= outcome.timeline.input_references
+
+
+def _pressor_prefetch(medication: str, *, contained: bool = False, include_full_url: str | None = None) -> dict[str, Any]:
+    """Febrile and hypotensive on day 3, norepinephrine running (its code only in the referenced Medication)."""
+    subject = {"reference": "Patient/pat-ref"}
+    norepinephrine = {"resourceType": "Medication", "id": "med-ne", "code": {
+        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "7512"}], "text": "Norepinephrine 8 mg/250 mL"}}
+    administration: dict[str, Any] = {
+        "resourceType": "MedicationAdministration", "id": "ne1", "status": "in-progress", "subject": subject,
+        "medicationReference": {"reference": medication}, "effectivePeriod": {"start": "2026-03-05T09:00:00+01:00"},
+    }
+    if contained:
+        administration["contained"] = [{**norepinephrine, "id": "ne"}]
+    cart = {"resourceType": "MedicationAdministration", "id": "cart", "status": "completed", "subject": subject,
+            "medicationCodeableConcept": {"text": "axicabtagene ciloleucel"}, "effectiveDateTime": "2026-03-02T10:00:00+01:00"}
+    meds = _searchset([cart, administration])
+    if not contained:
+        meds["entry"].append({"fullUrl": include_full_url or "https://ehr.example.org/fhir/Medication/med-ne",
+                              "resource": norepinephrine, "search": {"mode": "include"}})
+    observations = [
+        {"resourceType": "Observation", "id": "t1", "status": "final", "subject": subject,
+         "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]}, "effectiveDateTime": "2026-03-05T08:00:00+01:00",
+         "valueQuantity": {"value": 38.9, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}},
+        {"resourceType": "Observation", "id": "s1", "status": "final", "subject": subject,
+         "code": {"coding": [{"system": "http://loinc.org", "code": "59408-5"}]}, "effectiveDateTime": "2026-03-05T08:00:00+01:00",
+         "valueQuantity": {"value": 97, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}},
+    ]
+    return {"patient": {"resourceType": "Patient", "id": "pat-ref", "birthDate": "1961-03-14"},
+            "observations": _searchset(observations), "medicationAdministrations": meds}
+
+
+@pytest.mark.parametrize(
+    "reference, contained",
+    [("Medication/med-ne", False), ("https://ehr.example.org/fhir/Medication/med-ne", False), ("#ne", True)],
+)
+def test_medication_reference_to_included_or_contained_medication(call, reference, contained):
+    prefetch = _pressor_prefetch(reference, contained=contained)
+    card = _cards(call(_hook_request(prefetch, patient_id="pat-ref"), as_of="2026-03-05T12:00:00+01:00"))[0]
+    assert _grade_codes(card)[0] == "grade-3"  # one vasopressor: known only through the Medication's code
+    assert card["indicator"] == "critical"
+    basis = [b["reference"] for b in card["suggestions"][0]["actions"][0]["resource"]["basis"]]
+    assert "MedicationAdministration/ne1" in basis
+
+
+def test_unresolved_medication_reference_is_not_a_vasopressor(call):
+    prefetch = _pressor_prefetch("Medication/elsewhere")
+    card = _cards(call(_hook_request(prefetch, patient_id="pat-ref"), as_of="2026-03-05T12:00:00+01:00"))[0]
+    assert _grade_codes(card)[0] == "grade-1"
+
+
+def test_searchset_with_next_link_is_partial_data(call, prefetch, engine):
+    from service.http_api.cds_hooks import prefetched_entries
+
+    prefetch["observations"]["link"] = [
+        {"relation": "self", "url": "https://ehr.example.org/fhir/Observation?patient=pat-bench"},
+        {"relation": "next", "url": "https://ehr.example.org/fhir/Observation?patient=pat-bench&page=2"},
+    ]
+    entries, _ = prefetched_entries({k: msgspec.Raw(orjson.dumps(v)) for k, v in prefetch.items()})
+    reasons = {e.partial.reason for e in entries if e.partial is not None}
+    assert reasons == {"prefetch.observations: searchset has a next page that was not sent (data may be incomplete)"}
+    assert {e.partial.location for e in entries if e.partial is not None} == {"prefetch.observations.link[1]"}
+    card = _cards(call(_hook_request(prefetch)))[0]
+    prediction = card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
+    assert {e["url"].rsplit("/", 1)[-1]: e["valueCode"] for e in prediction["extension"]}["data-completeness"] == "incomplete"
+
+
+def test_paged_searchset_without_usable_entries_still_reported(prefetch):
+    from service.http_api.cds_hooks import prefetched_entries
+
+    prefetch["medicationAdministrations"] = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                                             "link": [{"relation": "next", "url": "https://ehr.example.org/fhir/x?page=2"}]}
+    entries, _ = prefetched_entries({k: msgspec.Raw(orjson.dumps(v)) for k, v in prefetch.items()})
+    assert [e.partial.location for e in entries if e.partial is not None] == ["prefetch.medicationAdministrations.link[0]"]

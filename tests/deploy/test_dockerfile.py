@@ -2,8 +2,8 @@
 
 A small parser reads the Dockerfile's instructions. The build context is staged the way its COPY
 instructions and .dockerignore say, the RUN's `pip install` is run into a fresh virtualenv, and the CMD
-(gunicorn) and the HEALTHCHECK command are run from that virtualenv. The bind address is rewritten to
-127.0.0.1 and a free port: nothing here listens on or requests anything but the loopback address.
+(`cartox serve`) and the HEALTHCHECK command are run from that virtualenv. The listen address is rewritten
+to 127.0.0.1 and a free port: nothing here listens on or requests anything but the loopback address.
 The same virtualenv then runs the README's `cartox serve`.
 """
 
@@ -429,13 +429,13 @@ def test_dockerfile_declares_a_slim_non_root_image_with_healthcheck(dockerfile: 
 
     exposed = [ins.args for ins in stage if ins.keyword == "EXPOSE"]
     assert any(str(CONTAINER_PORT) in re.split(r"[\s/]+", ports) for ports in exposed), f"EXPOSE {exposed}"
-    assert env_values(stage).get("CARTOX_HOST") == "0.0.0.0"
 
-    # exec form: gunicorn is PID 1 and gets docker stop's SIGTERM itself (a shell would not pass it on)
+    # exec form: the server is PID 1 and gets docker stop's SIGTERM itself (a shell would not pass it on).
+    # `cartox serve`: the same server configuration and configuration checks as outside the image.
     argv = exec_form(cmd.args)
     assert argv is not None, f"CMD should use the exec (JSON) form: {cmd.args}"
-    assert Path(argv[0]).name == "gunicorn", f"CMD runs {argv[0]}, expected gunicorn"
-    assert bind_address(argv) == f"0.0.0.0:{CONTAINER_PORT}", f"gunicorn should listen on all interfaces of the container: {argv}"
+    assert [Path(argv[0]).name, argv[1]] == ["cartox", "serve"], f"CMD runs {argv}, expected cartox serve"
+    assert listen_address(argv) == f"0.0.0.0:{CONTAINER_PORT}", f"the server should listen on all interfaces of the container: {argv}"
 
     _, healthcheck = last(stage, "HEALTHCHECK")
     options, check = healthcheck_parts(healthcheck.args)
@@ -467,23 +467,28 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
         assert not ignored(path, patterns), f"{path} is needed by the image but excluded by .dockerignore"
 
 
-def bind_address(argv: list[str]) -> str:
+def option(argv: list[str], name: str) -> str:
     for i, arg in enumerate(argv):
-        if arg in {"--bind", "-b"}:
+        if arg == name:
             return argv[i + 1]
-        if arg.startswith("--bind="):
+        if arg.startswith(f"{name}="):
             return arg.split("=", 1)[1]
-    raise AssertionError(f"gunicorn CMD without --bind: {argv}")
+    raise AssertionError(f"`cartox serve` CMD without {name}: {argv}")
 
 
-def rebind(argv: list[str], address: str) -> list[str]:
+def listen_address(argv: list[str]) -> str:
+    return f"{option(argv, '--host')}:{option(argv, '--port')}"
+
+
+def rebind(argv: list[str], host: str, port: int) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
-        if arg in {"--bind", "-b"}:
-            out[i + 1] = address
-        elif arg.startswith("--bind="):
-            out[i] = f"--bind={address}"
-    assert bind_address(out) == address
+        for name, value in (("--host", host), ("--port", str(port))):
+            if arg == name:
+                out[i + 1] = value
+            elif arg.startswith(f"{name}="):
+                out[i] = f"{name}={value}"
+    assert listen_address(out) == f"{host}:{port}"
     return out
 
 
@@ -506,8 +511,8 @@ def test_image_install_cmd_and_healthcheck(dockerfile: list[Instruction], image_
     port = free_port()
     argv = exec_form(last(stage, "CMD")[1].args)
     assert argv is not None
-    argv = rebind([str(image_venv.bin / argv[0]), *argv[1:]], f"127.0.0.1:{port}")
-    server = launch(argv, env, port, "gunicorn-cmd")
+    argv = rebind([str(image_venv.bin / argv[0]), *argv[1:]], "127.0.0.1", port)
+    server = launch(argv, env, port, "image-cmd")
     health = server.wait_healthy()
     assert health["status"] == "ok" and health["rulesLoaded"] is True, health
 
@@ -533,8 +538,24 @@ def test_image_install_cmd_and_healthcheck(dockerfile: list[Instruction], image_
     assert "CRS grade 1" in crs[0]["summary"], crs[0]["summary"]
 
     code, seconds = server.terminate()
-    assert code == 0, f"gunicorn exited with {code} on SIGTERM\n{server.log_tail()}"
+    assert code == 0, f"the server exited with {code} on SIGTERM\n{server.log_tail()}"
     assert seconds < STOP_TIMEOUT
+
+
+def test_image_cmd_reports_a_configuration_error_in_one_line(dockerfile: list[Instruction], image_venv: Venv,
+                                                             tmp_path: Path) -> None:
+    """`docker run -e CARTOX_RULE_OVERRIDES=...` with a value outside the parameter's range: exit 2, one line."""
+    stage = final_stage(dockerfile)
+    env = {**image_env(stage, image_venv), "CARTOX_RULE_OVERRIDES": '{"crs-astct": {"fever_celsius": 45}}'}
+    argv = exec_form(last(stage, "CMD")[1].args)
+    assert argv is not None
+    argv = rebind([str(image_venv.bin / argv[0]), *argv[1:]], "127.0.0.1", free_port())
+    result = subprocess.run(argv, cwd=tmp_path, env={**env, "XDG_RUNTIME_DIR": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and "CARTOX_RULE_OVERRIDES" in lines[0] and "fever_celsius" in lines[0], result.stderr[-2000:]
 
 
 def readme_setup_command() -> str:

@@ -28,7 +28,8 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 GRADE_CODES = {"grade-0", "grade-1", "grade-2", "grade-3", "grade-4", "grade-5", "not-assessable"}
 ICD_OF_GRADE = {"grade-1": "D89.831", "grade-2": "D89.832", "grade-3": "D89.833", "grade-4": "D89.834"}
-NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "dropped-implausible",
+NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "flagged-duplicate",
+              "flagged-partial-data", "flagged-time", "dropped-implausible",
               "dropped-unit", "dropped-time", "dropped-future", "dropped-value"}
 CARE_ACTIVITY_CODES = {"supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing"}
 REFERENCE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")

@@ -305,3 +305,80 @@ def test_spec_unverified_codes_not_marked_verified(document):
     meds = document["medications"]
     for concept in CAR_T_PRODUCTS | {"siltuximab"}:
         assert all(entry["status"] != "v" for entry in meds[concept].get("codes", [])), concept
+
+
+# --- crystalloids (R6), plausible doses, fluid units, panels ---------------------------------------------------
+
+@pytest.mark.parametrize(
+    "code, concept",
+    [("313002", "normal-saline"), ("1807639", "normal-saline"), ("1807632", "normal-saline"), ("847630", "lactated-ringers")],
+)
+def test_crystalloid_codes(terminology, code, concept):
+    assert terminology.medication_by_code[(RXNORM, code)] == concept
+
+
+def test_crystalloid_codes_are_products_and_not_marked_verified(document):
+    """No NLM page confirmed them: secondary at best, and clinical-drug codes, not the ingredient."""
+    for concept in ("normal-saline", "lactated-ringers", "balanced-crystalloid"):
+        for entry in document["medications"][concept]["codes"]:
+            assert entry["status"] != "v", (concept, entry)
+            assert entry.get("level") == "product", (concept, entry)
+
+
+def test_crystalloid_group(terminology):
+    assert terminology.members(["crystalloid"]) == {"normal-saline", "lactated-ringers", "balanced-crystalloid"}
+    assert "iv-fluid-bolus" not in terminology.members(["crystalloid"])
+
+
+@pytest.mark.parametrize(
+    "text, concept",
+    [
+        ("Sodium chloride 0.9% 1000 mL IV at 80 mL/h", "normal-saline"),
+        ("0.9 % sodium chloride 500 mL", "normal-saline"),
+        ("Normal saline", "normal-saline"),
+        ("Lactated Ringer's 1000 mL", "lactated-ringers"),
+        ("Ringer's lactate", "lactated-ringers"),
+        ("Hartmann's solution 1 L", "lactated-ringers"),
+        ("Plasma-Lyte 148", "balanced-crystalloid"),
+        # a bolus documented as such stays the text bolus (longest synonym wins)
+        ("Sodium chloride 0.9% bolus 500 mL", "iv-fluid-bolus"),
+        ("NS bolus 1 L", "iv-fluid-bolus"),
+        ("Lactated Ringer's bolus 500 mL", "iv-fluid-bolus"),
+    ],
+)
+def test_crystalloid_text(terminology, text, concept):
+    assert terminology.medication_text.match_all(text) == (concept,)
+
+
+def test_saline_flush_is_no_crystalloid_by_name(terminology):
+    assert terminology.medication_text.match_all("flush 10 mL") == ()
+
+
+def test_plausible_maximum_doses(terminology, document):
+    assert terminology.plausible_max_mg["tocilizumab"] == 1200.0  # the 800 mg label cap fits
+    assert terminology.plausible_max_mg["dexamethasone"] == 100.0
+    assert terminology.plausible_max_mg["methylprednisolone"] == 2000.0
+    assert set(terminology.plausible_max_mg) <= set(document["medications"])
+    assert "norepinephrine" not in terminology.plausible_max_mg  # infusion doses vary with the bag
+
+
+def test_fluid_volume_rate_and_duration_units(terminology):
+    assert terminology.volume_conversions["L"].apply(0.5) == 500.0
+    assert terminology.rate_conversions["mL/min"].apply(10) == 600.0
+    assert terminology.duration_conversions["min"].apply(30) == pytest.approx(0.5)
+    assert terminology.unit_aliases["mL/hr"] == "mL/h"
+    assert "mL" not in terminology.dose_conversions  # a volume is never read as mg
+
+
+def test_panels_are_read_only_for_a_component_some_rule_reads(terminology):
+    bp_panel = (LOINC, "85354-9")
+    assert terminology.panel_components[bp_panel] == {"systolic-bp", "diastolic-bp"}
+    assert bp_panel in terminology.restricted_to(frozenset({"systolic-bp"})).panel_codes
+    assert bp_panel not in terminology.restricted_to(frozenset({"body-temperature"})).panel_codes
+
+
+def test_observation_codes_of_the_input_terminology(rule_set):
+    codes = rule_set.input_terminology.observation_codes()
+    assert (LOINC, "8310-5") in codes and (LOINC, "3150-0") in codes and (LOINC, "107117-4") in codes
+    assert (LOINC, "85354-9") in codes
+    assert (LOINC, "8462-4") not in codes  # diastolic pressure: no rule reads it

@@ -26,6 +26,10 @@ CRS_PARAMS = {
     "low_systolic_min_readings": 2,
     "low_systolic_min_span_minutes": 30,
     "fluid_bolus_within_hours": 6,
+    "fluid_bolus_min_volume_ml": 250,
+    "fluid_bolus_max_minutes": 60,
+    "fluid_bolus_min_rate_ml_h": 500,
+    "fio2_high_flow_above_percent": 40,
     "low_flow_max_l_min": 6,
     "device_recency_hours": 12,
     "home_oxygen_lookback_days": 30,
@@ -43,7 +47,10 @@ SYSTOLIC_BY_AGE = {"by_age": [{"below_years": 1, "value": 70}, {"below_years": 1
 SUSTAINED = {"type": "sustained_measurement", "concept": "systolic-bp", "comparator": "lt", "threshold": SYSTOLIC_BY_AGE,
              "min_readings": {"param": "low_systolic_min_readings"},
              "min_span_minutes": {"param": "low_systolic_min_span_minutes"},
-             "or_followed_by": {"medications": ["iv-fluid-bolus"], "within_hours": {"param": "fluid_bolus_within_hours"}},
+             "or_followed_by": {"medications": ["iv-fluid-bolus"], "within_hours": {"param": "fluid_bolus_within_hours"},
+                                "fluids": {"medications": ["crystalloid"], "min_volume_ml": {"param": "fluid_bolus_min_volume_ml"},
+                                           "max_minutes": {"param": "fluid_bolus_max_minutes"},
+                                           "min_rate_ml_per_hour": {"param": "fluid_bolus_min_rate_ml_h"}}},
              "missing": "unknown"}
 HYPOXIA = {
     "type": "oxygen_support_level", "device_concept": "oxygen-delivery-device", "flow_concept": "oxygen-flow",
@@ -54,6 +61,10 @@ HYPOXIA = {
     "flow_applies_to": ["nasal-cannula", "unknown"],
     "flow_bands": [{"above": 0, "up_to": {"param": "low_flow_max_l_min"}, "level": 2},
                    {"above": {"param": "low_flow_max_l_min"}, "level": 3}],
+    "fio2_concept": "inhaled-oxygen-concentration",
+    "fio2_applies_to": ["unknown", "room-air"],
+    "fio2_bands": [{"above": 21, "up_to": {"param": "fio2_high_flow_above_percent"}, "level": 2},
+                   {"above": {"param": "fio2_high_flow_above_percent"}, "level": 3}],
     "device_recency_hours": {"param": "device_recency_hours"},
     "baseline_days_before_day_zero": {"param": "home_oxygen_lookback_days"},
     "missing": "unknown",
@@ -92,10 +103,12 @@ def device(value: str | None, when: datetime, end: datetime | None = None, ongoi
                       end=end, ongoing=ongoing, source=f"Observation/dev-{when:%d%H%M}")
 
 
-def give(concept: str, start: datetime, end: datetime | None | str = "point", status: str = "completed") -> Administration:
+def give(concept: str, start: datetime, end: datetime | None | str = "point", status: str = "completed",
+         volume_ml: float | None = None, rate_ml_per_h: float | None = None) -> Administration:
     stop = start if end == "point" else end
     return Administration(concept=concept, time=start, end=stop, dose_mg=None, status=status, display=concept,
-                          source=f"MedicationAdministration/{concept}-{start:%d%H%M}")
+                          source=f"MedicationAdministration/{concept}-{start:%d%H%M}",
+                          volume_ml=volume_ml, rate_ml_per_h=rate_ml_per_h)
 
 
 @pytest.fixture
@@ -460,6 +473,77 @@ def test_fluid_bolus_too_late_does_not_count(evaluate):
     assert _sustained(evaluate, facts).value is True
 
 
+# --- coded crystalloids (R6): a bolus by volume and rate or duration, never by code alone ---------------------
+
+def test_crystalloid_500_ml_over_30_minutes_is_a_bolus(evaluate):
+    ns = give("normal-saline", at(4.5), at(4), volume_ml=500)
+    result = _sustained(evaluate, [sbp(84, at(5)), ns])
+    assert result.value is True
+    assert result.evidence == (result.evidence[0], ns)
+    assert result.last_positive == at(4.5)
+
+
+def test_lactated_ringers_by_rate_without_duration_is_a_bolus(evaluate):
+    lr = give("lactated-ringers", at(4), volume_ml=1000, rate_ml_per_h=2000)  # 30 min
+    assert _sustained(evaluate, [sbp(84, at(5)), lr]).value is True
+
+
+def test_crystalloid_run_fast_with_unknown_volume_is_a_bolus(evaluate):
+    running = give("normal-saline", at(4), None, status="in-progress", rate_ml_per_h=999)
+    assert _sustained(evaluate, [sbp(84, at(5)), running]).value is True
+
+
+@pytest.mark.parametrize("volume, minutes, counted", [(250, 60, True), (249, 60, False), (250, 61, False), (1000, 61, False)])
+def test_bolus_volume_and_duration_boundaries(evaluate, volume, minutes, counted):
+    fluid = give("normal-saline", at(4), at(4) + timedelta(minutes=minutes), volume_ml=volume)
+    assert _sustained(evaluate, [sbp(84, at(5)), fluid]).value is counted
+
+
+def test_maintenance_crystalloid_is_not_a_bolus_and_is_reported(evaluate):
+    maintenance = give("normal-saline", at(4), None, status="in-progress", volume_ml=1000, rate_ml_per_h=80)
+    result = _sustained(evaluate, [sbp(84, at(5)), maintenance])
+    assert result.value is False
+    assert maintenance not in result.evidence
+    assert any("not a fluid bolus" in note and "1000 mL at 80 mL/h" in note for note in result.notes)
+
+
+def test_crystalloid_volume_over_hours_is_not_a_bolus(evaluate):
+    slow = give("normal-saline", at(4), at(0), volume_ml=1000)  # 4 h = 250 mL/h
+    result = _sustained(evaluate, [sbp(84, at(5)), slow])
+    assert result.value is False
+    assert any("1000 mL over 240 min" in note for note in result.notes)
+
+
+def test_crystalloid_without_rate_or_duration_is_reported_not_counted(evaluate):
+    unknown = give("normal-saline", at(4), volume_ml=500)
+    result = _sustained(evaluate, [sbp(84, at(5)), unknown])
+    assert result.value is False
+    assert any("500 mL, no rate or duration recorded" in note for note in result.notes)
+    nothing = give("lactated-ringers", at(4))
+    notes = _sustained(evaluate, [sbp(84, at(5)), nothing]).notes
+    assert any("lactated-ringers at" in note and "(no volume, rate or duration recorded)" in note for note in notes)
+
+
+def test_crystalloid_bolus_before_the_low_reading_does_not_count(evaluate):
+    early = give("normal-saline", at(6), at(5.75), volume_ml=500)
+    assert _sustained(evaluate, [early, sbp(84, at(5))]).value is False
+
+
+def test_text_bolus_still_counts_without_volume_next_to_a_maintenance_crystalloid(evaluate):
+    facts = [sbp(84, at(5)), give("normal-saline", at(4.8), None, status="in-progress", rate_ml_per_h=80),
+             give("iv-fluid-bolus", at(4.5))]
+    result = _sustained(evaluate, facts)
+    assert result.value is True
+    assert result.evidence[1].concept == "iv-fluid-bolus"
+
+
+def test_bolus_thresholds_are_parameters(evaluate):
+    fluid = give("normal-saline", at(4), at(3.5), volume_ml=200)
+    assert _sustained(evaluate, [sbp(84, at(5)), fluid]).value is False
+    params = {**CRS_PARAMS, "fluid_bolus_min_volume_ml": 200}
+    assert _sustained(evaluate, [sbp(84, at(5)), fluid], params=params).value is True
+
+
 def test_sustained_child_threshold(evaluate):
     five = date(2021, 1, 1)
     assert _sustained(evaluate, [sbp(85, at(2)), sbp(85, at(1))], birth_date=five).value is False
@@ -576,6 +660,82 @@ def test_home_oxygen_baseline_off(evaluate):
 def test_low_flow_threshold_is_a_parameter(evaluate):
     params = {**CRS_PARAMS, "low_flow_max_l_min": 4}
     assert _oxygen(evaluate, [flow(5, at(2))], params=params).value == 3
+
+
+# --- FiO2 without device or flow (R5) ---------------------------------------------------------------------------
+
+def fio2(value: float, when: datetime) -> Measurement:
+    return m("inhaled-oxygen-concentration", value, when)
+
+
+@pytest.mark.parametrize("percent, level", [(21, 0), (22, 2), (35, 2), (40, 2), (41, 3), (60, 3), (100, 3)])
+def test_fio2_without_device_or_flow(evaluate, percent, level):
+    assert _oxygen(evaluate, [fio2(percent, at(2))]).value == level
+
+
+def test_fio2_without_device_is_incomplete_naming_the_device(evaluate, timeline_of):
+    reading = fio2(35, at(2))
+    result = _oxygen(evaluate, [fio2(28, at(5)), reading])
+    assert result.value == 2
+    assert result.evidence == (fio2(28, at(5)), reading)
+    local = timeline_of(AS_OF).local(at(2))
+    assert result.incomplete == f"oxygen delivery device not recorded (FiO2 35 % at {local})"
+    assert result.missing is None  # decided: at least low-flow
+    assert result.first_positive == at(5)
+
+
+def test_fio2_room_air_is_complete(evaluate):
+    result = _oxygen(evaluate, [fio2(21, at(2))])
+    assert (result.value, result.incomplete) == (0, None)
+
+
+@pytest.mark.parametrize("kind, level", [("nasal-cannula", 2), ("oxygen-mask", 3), ("cpap-bipap-mask", 4)])
+def test_fio2_with_a_device_recorded_follows_the_device(evaluate, kind, level):
+    result = _oxygen(evaluate, [device(kind, at(3)), fio2(60, at(2))])
+    assert result.value == level
+    assert result.incomplete is None
+    assert all(f.concept == "oxygen-delivery-device" for f in result.evidence)
+
+
+def test_fio2_with_room_air_charted_is_oxygen_of_unknown_device(evaluate):
+    result = _oxygen(evaluate, [device("room-air", at(3)), fio2(50, at(2))])
+    assert result.value == 3
+    assert "oxygen delivery device not recorded" in result.incomplete
+
+
+def test_fio2_with_a_flow_recorded_follows_the_flow(evaluate):
+    result = _oxygen(evaluate, [flow(3, at(2.5)), fio2(60, at(2))])
+    assert result.value == 2  # flow on an unknown device; FiO2 adds nothing
+    assert result.incomplete is None
+
+
+def test_fio2_with_a_flow_older_than_recency_is_unknown_support(evaluate):
+    result = _oxygen(evaluate, [flow(3, at(23)), fio2(60, at(2))])  # flow 21 h before the FiO2
+    assert result.value == 3
+    assert result.incomplete is not None
+
+
+def test_fio2_with_a_device_older_than_recency_is_unknown_support(evaluate):
+    assert _oxygen(evaluate, [device("nasal-cannula", at(20)), fio2(35, at(2))]).incomplete is not None
+
+
+def test_fio2_incomplete_not_reported_at_the_highest_level(evaluate):
+    result = _oxygen(evaluate, [device("mechanical-ventilation", at(5)), fio2(60, at(1))])
+    assert result.value == 4
+    assert result.incomplete is None
+
+
+def test_fio2_high_flow_threshold_is_a_parameter(evaluate):
+    params = {**CRS_PARAMS, "fio2_high_flow_above_percent": 50}
+    assert _oxygen(evaluate, [fio2(45, at(2))], params=params).value == 2
+
+
+def test_fio2_candidate_times_for_the_maximum(evaluate, terminology, timeline_of):
+    compiler = Compiler("test-rule", CRS_PARAMS, terminology)
+    compiled = compile_criterion("hypoxia", HYPOXIA, compiler)
+    timeline = timeline_of(AS_OF, [fio2(21, at(5)), fio2(45, at(3))])
+    ctx = Context(timeline, terminology, {"hypoxia": compiled})
+    assert list(compiled.candidate_times(ctx, WINDOW)) == [at(3)]
 
 
 # === compile errors ==================================================================================================

@@ -220,3 +220,51 @@ def test_decode_resource_located(fhir):
     with pytest.raises(InputError) as info:
         decode_resource(b"{oops", "prefetch.patient")
     assert info.value.issues[0].code == "input-not-json"
+
+
+# --- dosage rates and paging links ----------------------------------------------------------------------
+
+def test_dosage_rate_quantity_and_ratio_decoded(fhir):
+    mad = fhir.administration("ns", "2026-03-05T08:00:00+01:00", rxnorm="313002", dose=fhir.quantity(500, "mL", "mL"))
+    mad["dosage"]["rateQuantity"] = fhir.quantity(1000, "mL/h", "mL/h")
+    lr = fhir.administration("lr", "2026-03-05T08:00:00+01:00", rxnorm="847630")
+    lr["dosage"] = {"rateRatio": {"numerator": fhir.quantity(500, "mL", "mL"), "denominator": fhir.quantity(30, "min", "min")}}
+    ns, ringer = (e.resource for e in decode_bundle(fhir.bundle(mad, lr)).entries)
+    assert (ns.dosage.dose.value, ns.dosage.dose.code) == (500.0, "mL")
+    assert (ns.dosage.rateQuantity.value, ns.dosage.rateQuantity.code) == (1000.0, "mL/h")
+    assert ringer.dosage.rateRatio.numerator.value == 500.0
+    assert (ringer.dosage.rateRatio.denominator.value, ringer.dosage.rateRatio.denominator.code) == (30.0, "min")
+
+
+def _paged(fhir, relation="next", fallback=False):
+    document = json.loads(fhir.bundle(fhir.patient(), fhir.observation("t1", "8310-5", "2026-03-05T08:00:00Z", fhir.quantity(38.4, "Cel", "Cel")),
+                                      bundle_type="searchset"))
+    document["link"] = [{"relation": "self", "url": "https://ehr.example.org/fhir/Observation?patient=p1"},
+                        {"relation": relation, "url": "https://ehr.example.org/fhir/Observation?patient=p1&page=2"}]
+    if fallback:  # a type the rules do not use, with a field of another shape: the entry-by-entry pass
+        document["entry"].append({"resource": {"resourceType": "Encounter", "id": "e1", "status": {"x": 1}}})
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_next_link_marks_the_bundle_and_every_entry_partial(fhir, fallback):
+    decoded = decode_bundle(_paged(fhir, fallback=fallback), root="prefetch.observations")
+    assert decoded.partial is not None
+    assert decoded.partial.location == "prefetch.observations.link[1]"
+    assert "prefetch.observations: searchset has a next page" in decoded.partial.reason
+    assert [e.partial for e in decoded.entries] == [decoded.partial, decoded.partial]
+
+
+def test_links_other_than_next_are_not_partial(fhir):
+    decoded = decode_bundle(_paged(fhir, relation="previous"))
+    assert decoded.partial is None
+    assert all(e.partial is None for e in decoded.entries)
+    assert decode_bundle(_valid(fhir)).partial is None
+
+
+def test_wrong_link_shape_is_located(fhir):
+    document = json.loads(_paged(fhir))
+    document["link"] = {"relation": "next"}
+    error = _raises(json.dumps(document).encode())
+    assert error.issues[0].code == "input-wrong-type"
+    assert error.issues[0].expression == "Bundle.link"

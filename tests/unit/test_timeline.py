@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -436,3 +437,227 @@ def test_ignored_resource_types_noted(fhir, build):
                        {"resourceType": "Condition", "id": "c1"})
     notes = {n.message: n.count for n in _notes(build(body), "ignored-resource-type")}
     assert notes == {"Condition is not used by the rules": 1, "Encounter is not used by the rules": 2}
+
+
+# --- fluids: volume and rate --------------------------------------------------------------------------------
+
+def _fluid(fhir, aid="ns", rxnorm="313002", dose=None, rate=None, ratio=None, **kw):
+    mad = fhir.administration(aid, "2026-03-05T08:00:00+01:00", rxnorm=rxnorm, dose=dose, **kw)
+    if rate is not None or ratio is not None:
+        mad.setdefault("dosage", {})
+        if rate is not None:
+            mad["dosage"]["rateQuantity"] = rate
+        if ratio is not None:
+            mad["dosage"]["rateRatio"] = ratio
+    return mad
+
+
+@pytest.mark.parametrize("dose, volume", [((500, "mL", "mL"), 500.0), ((1, "L", "L"), 1000.0), ((250, "ml", None), 250.0)])
+def test_a_dose_in_ml_is_a_volume_never_mg(fhir, build, dose, volume):
+    timeline = build(fhir.bundle(fhir.patient(), _fluid(fhir, dose=fhir.quantity(*dose))))
+    (fact,) = timeline.administrations["normal-saline"]
+    assert (fact.volume_ml, fact.dose_mg, fact.rate_ml_per_h) == (volume, None, None)
+
+
+def test_crystalloid_codes_and_names(fhir, build):
+    body = fhir.bundle(fhir.patient(), _fluid(fhir, "lr", rxnorm="847630"), _fluid(fhir, "ns", rxnorm="1807639"),
+                       fhir.administration("pl", "2026-03-05T08:00:00+01:00", text="Plasma-Lyte 148 1000 mL"))
+    timeline = build(body)
+    assert {concept: [a.source for a in facts] for concept, facts in timeline.administrations.items()} == {
+        "lactated-ringers": ["MedicationAdministration/lr"], "normal-saline": ["MedicationAdministration/ns"],
+        "balanced-crystalloid": ["MedicationAdministration/pl"],
+    }
+
+
+@pytest.mark.parametrize(
+    "rate, ratio, expected",
+    [
+        ((80, "mL/h", "mL/h"), None, 80.0),
+        ((80, "mL/hr", None), None, 80.0),
+        ((10, "mL/min", "mL/min"), None, 600.0),
+        ((1, "L/h", "L/h"), None, 1000.0),
+        (None, ((500, "mL", "mL"), (30, "min", "min")), 1000.0),
+        (None, ((1, "L", "L"), (None, "h", "h")), 1000.0),
+        ((0.08, "ug/kg/min", "ug/kg/min"), None, None),  # a vasopressor's rate is not a fluid rate
+        (None, ((8, "mg", "mg"), (1, "h", "h")), None),
+    ],
+)
+def test_fluid_rates_in_ml_per_hour(fhir, build, rate, ratio, expected):
+    rate_q = fhir.quantity(*rate) if rate else None
+    ratio_r = {"numerator": fhir.quantity(*ratio[0]), "denominator": fhir.quantity(*ratio[1])} if ratio else None
+    timeline = build(fhir.bundle(fhir.patient(), _fluid(fhir, rate=rate_q, ratio=ratio_r)))
+    (fact,) = timeline.administrations["normal-saline"]
+    assert fact.rate_ml_per_h == (pytest.approx(expected) if expected is not None else None)
+    assert not _notes(timeline, "dropped-implausible")
+
+
+def test_negative_rate_dropped_and_reported(fhir, build):
+    timeline = build(fhir.bundle(fhir.patient(), _fluid(fhir, rate=fhir.quantity(-100, "mL/h", "mL/h"))))
+    assert timeline.administrations["normal-saline"][0].rate_ml_per_h is None
+    (note,) = _notes(timeline, "dropped-implausible")
+    assert note.location == "Bundle.entry[1].resource.dosage.rateQuantity.value"
+
+
+# --- implausible doses --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "rxnorm, concept, dose, kept",
+    [
+        ("3264", "dexamethasone", (10, "mg", "mg"), 10.0),
+        ("3264", "dexamethasone", (100, "mg", "mg"), 100.0),  # the plausible maximum itself
+        ("3264", "dexamethasone", (1000, "mg", "mg"), None),
+        ("3264", "dexamethasone", (0, "mg", "mg"), None),
+        ("3264", "dexamethasone", (-4, "mg", "mg"), None),
+        ("612865", "tocilizumab", (800, "mg", "mg"), 800.0),
+        ("612865", "tocilizumab", (8, "g", "g"), None),  # 8000 mg: a unit slip
+        ("6902", "methylprednisolone", (1, "g", "g"), 1000.0),
+        ("7512", "norepinephrine", (4, "mg", "mg"), 4.0),  # no plausible maximum listed: only <= 0 is dropped
+    ],
+)
+def test_implausible_dose_dropped_administration_still_counts(fhir, build, rxnorm, concept, dose, kept):
+    mad = fhir.administration("a1", "2026-03-05T08:00:00+01:00", rxnorm=rxnorm, dose=fhir.quantity(*dose))
+    timeline = build(fhir.bundle(fhir.patient(), mad))
+    (fact,) = timeline.administrations[concept]
+    assert fact.dose_mg == kept
+    assert fact.source == "MedicationAdministration/a1"  # it happened: counts for timing and label limits
+    notes = _notes(timeline, "dropped-implausible")
+    if kept is None:
+        (note,) = notes
+        assert note.severity == "warning"
+        assert note.location == "Bundle.entry[1].resource.dosage.dose.value"
+        assert concept in note.message
+    else:
+        assert notes == []
+
+
+# --- duplicates, paging, periods ------------------------------------------------------------------------------
+
+def test_duplicate_resource_first_occurrence_used(fhir, build):
+    body = fhir.bundle(fhir.patient(), _temp(fhir, "t1", value=37.2), _temp(fhir, "t1", value=39.1, at="2026-03-05T09:00:00+01:00"),
+                       _temp(fhir, "t2", value=37.4))
+    timeline = build(body)
+    assert [(f.source, f.value) for f in timeline.measurements["body-temperature"]] == [("Observation/t1", 37.2), ("Observation/t2", 37.4)]
+    (note,) = [n for n in timeline.notes if "more than once" in n.message]
+    assert (note.code, note.severity, note.location) == ("flagged-duplicate", "warning", "Bundle.entry[2].resource")
+    assert "Observation/t1" in note.message
+
+
+def test_duplicate_patient_is_the_same_patient(fhir, build):
+    timeline = build(fhir.bundle(fhir.patient("p1"), fhir.patient("p1", birth_date="1970-01-01"), _temp(fhir)))
+    assert timeline.patient == "Patient/p1"
+    assert timeline.birth_date == date(1965, 4, 2)  # the first copy
+    assert [n.location for n in timeline.notes if "more than once" in n.message] == ["Bundle.entry[1].resource"]
+
+
+def test_same_id_of_different_types_is_no_duplicate(fhir, build):
+    body = fhir.bundle(fhir.patient(), _temp(fhir, "x1"), fhir.administration("x1", "2026-03-05T08:00:00+01:00", text="tocilizumab"))
+    timeline = build(body)
+    assert not [n for n in timeline.notes if "more than once" in n.message]
+    assert timeline.administrations["tocilizumab"] and timeline.measurements["body-temperature"]
+
+
+def test_next_link_means_partial_data(fhir, build):
+    document = json.loads(fhir.bundle(fhir.patient(), _temp(fhir), bundle_type="searchset"))
+    document["link"] = [{"relation": "next", "url": "https://ehr.example.org/fhir/Observation?page=2"}]
+    timeline = build(json.dumps(document).encode())
+    (reason,) = timeline.partial_data
+    assert "next page" in reason
+    (note,) = [n for n in timeline.notes if n.message == reason]
+    assert (note.severity, note.location) == ("warning", "Bundle.link[0]")
+    assert build(fhir.bundle(fhir.patient(), _temp(fhir))).partial_data == ()
+
+
+def test_administration_period_ending_before_it_starts_used_at_its_start(fhir, build):
+    mad = fhir.administration("ne1", "2026-03-05T09:00:00+01:00", end="2026-03-05T07:00:00+01:00", rxnorm="7512")
+    timeline = build(fhir.bundle(fhir.patient(), mad))
+    (fact,) = timeline.administrations["norepinephrine"]
+    assert fact.time == fact.end == datetime(2026, 3, 5, 8, 0, tzinfo=timezone.utc)
+    (note,) = _notes(timeline, "flagged-time")
+    assert (note.severity, note.location) == ("warning", "Bundle.entry[1].resource.effectivePeriod")
+    assert "before it starts" in note.message
+
+
+def test_observation_period_ending_before_it_starts_used_at_its_start(fhir, build):
+    device = fhir.observation(
+        "dev1", "107117-4", None, period={"start": "2026-03-05T06:00:00+01:00", "end": "2026-03-04T06:00:00+01:00"},
+        value_concept=fhir.codeable(fhir.SNOMED, "426854004"),
+    )
+    timeline = build(fhir.bundle(fhir.patient(), device))
+    (fact,) = timeline.coded["oxygen-delivery-device"]
+    assert fact.time == fact.end == datetime(2026, 3, 5, 5, 0, tzinfo=timezone.utc)
+    assert fact.ongoing is False
+    assert [n.location for n in _notes(timeline, "flagged-time")] == ["Bundle.entry[1].resource.effectivePeriod"]
+
+
+def test_date_only_period_end_covers_the_whole_day(fhir, build):
+    mad = fhir.administration("ne1", "2026-03-05T06:00:00+01:00", end="2026-03-05", rxnorm="7512")
+    timeline = build(fhir.bundle(fhir.patient(), mad))
+    (fact,) = timeline.administrations["norepinephrine"]
+    assert fact.end.astimezone(CET) == datetime(2026, 3, 5, 23, 59, 59, 999999, tzinfo=CET)
+    assert not _notes(timeline, "flagged-time")
+
+
+# --- display offset ------------------------------------------------------------------------------------------
+
+CEST = timezone(timedelta(hours=2))
+
+
+def test_display_offset_is_the_offset_of_the_latest_used_fact(fhir, build):
+    body = fhir.bundle(
+        fhir.patient(),
+        _temp(fhir, "t1", at="2026-03-05T08:00:00+01:00"),
+        _temp(fhir, "t2", at="2026-03-05T10:30:00+02:00"),  # 08:30 UTC: the latest
+        _temp(fhir, "t3", value=450, at="2026-03-05T11:00:00+05:00"),  # 06:00 UTC, and dropped anyway
+        _temp(fhir, "t4", at="2026-03-05T13:00:00-05:00"),  # after asOf: not used
+    )
+    timeline = build(body, as_of=datetime(2026, 3, 5, 11, 0, tzinfo=timezone.utc))
+    assert timeline.display_offset.utcoffset(None) == timedelta(hours=2)
+    assert timeline.as_of == datetime(2026, 3, 5, 11, 0, tzinfo=timezone.utc)
+
+
+def test_display_offset_ignores_dropped_and_date_only_facts(fhir, build):
+    body = fhir.bundle(
+        fhir.patient(),
+        _temp(fhir, "t1", at="2026-03-05T08:00:00+01:00"),
+        _temp(fhir, "t2", value=450, at="2026-03-05T09:00:00+02:00"),  # later, but implausible: not used
+        fhir.observation("w1", "29463-7", "2026-03-05", fhir.quantity(80, "kg", "kg")),  # date only
+    )
+    timeline = build(body, as_of=datetime(2026, 3, 5, 11, 0, tzinfo=timezone.utc))
+    assert timeline.display_offset.utcoffset(None) == timedelta(hours=1)
+
+
+def test_display_offset_from_an_administration(fhir, build):
+    mad = fhir.administration("toci", "2026-03-05T09:00:00-04:00", text="tocilizumab")
+    timeline = build(fhir.bundle(fhir.patient(), _temp(fhir), mad), as_of=datetime(2026, 3, 5, 15, 0, tzinfo=timezone.utc))
+    assert timeline.display_offset.utcoffset(None) == timedelta(hours=-4)
+
+
+def test_display_offset_without_facts_is_the_evaluation_time_offset(fhir, build):
+    timeline = build(fhir.bundle(fhir.patient()), as_of=datetime(2026, 3, 5, 12, 0, tzinfo=CEST))
+    assert timeline.display_offset == CEST
+
+
+def test_date_only_infusion_date_stays_at_midnight_in_the_evaluation_offset(fhir, build):
+    options = BuildOptions(infusion_override=datetime(2026, 3, 1, tzinfo=timezone.utc), infusion_override_date_only=True)
+    body = fhir.bundle(fhir.patient(), _temp(fhir, at="2026-03-05T08:00:00+02:00"))
+    timeline = build(body, as_of=AS_OF, options=options)  # asOf at +01:00, data at +02:00
+    assert timeline.display_offset.utcoffset(None) == timedelta(hours=2)
+    assert timeline.day_zero.time == datetime(2026, 2, 28, 23, 0, tzinfo=timezone.utc)
+
+
+# --- medication references --------------------------------------------------------------------------------------
+
+def test_medication_reference_resolves_code_and_display(fhir, build):
+    med = ("https://ehr.example.org/fhir/Medication/m-ne", fhir.medication("m-ne", text="Norepinephrine 8 mg/250 mL", rxnorm="7512"))
+    mad = fhir.administration("a1", "2026-03-05T08:00:00+01:00", reference="https://ehr.example.org/fhir/Medication/m-ne")
+    (fact,) = build(fhir.bundle(fhir.patient(), mad, med)).administrations["norepinephrine"]
+    assert fact.display == "Norepinephrine 8 mg/250 mL"
+
+
+def test_unresolvable_medication_reference_warned_with_location(fhir, build):
+    mad = fhir.administration("a1", "2026-03-05T08:00:00+01:00", reference="Medication/missing")
+    timeline = build(fhir.bundle(fhir.patient(), mad))
+    (note,) = [n for n in _notes(timeline, "ignored-code") if n.location]
+    assert note.severity == "warning"
+    assert note.location == "Bundle.entry[1].resource.medicationReference"
+    assert "Medication/missing" in note.message

@@ -37,7 +37,7 @@ def fact_text(fact: Fact, timeline: Timeline, terms: Terminology) -> str:
     if isinstance(fact, Administration):
         name = terms.display(fact.concept)
         dose = f" {fact.dose_mg:g} mg" if fact.dose_mg is not None else ""
-        if fact.end is None:
+        if fact.end is None or fact.end > timeline.as_of:  # an end after the evaluation time is not known yet
             return f"{name}{dose} running since {at}"
         if fact.end == fact.time:
             return f"{name}{dose} at {at}"

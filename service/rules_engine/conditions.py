@@ -418,6 +418,38 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
         index = bisect_right(times, moment) - 1
         return index >= 0 and moment - times[index] <= recency
 
+    def readings(ctx: Context) -> tuple[list[datetime], list[tuple[Measurement, int, CodedValue | None]], list[datetime], list[tuple[Measurement, int]]]:
+        """Flow and FiO2 readings scored once per request (a reading's level does not depend on the window):
+        flows with their level (None when the device is not one flow bands apply to) and current device;
+        FiO2 readings that count without a device or flow."""
+        key = (name + "#readings", ctx.timeline.as_of, ctx.timeline.as_of)
+        cached = ctx.cache.get(key)
+        if cached is not None:
+            return cached
+        timeline = ctx.timeline
+        devices = timeline.coded.get(device_concept, ())
+        times = timeline.coded_times.get(device_concept, ())
+        flows: list[tuple[Measurement, int, CodedValue | None]] = []
+        for flow in timeline.measurements.get(flow_concept, ()):
+            if flow.date_only:
+                continue
+            device = device_at(devices, times, flow.time)
+            kind = device.value if device is not None and device.value is not None else "unknown"
+            flows.append((flow, _band_level(bands, flow.value) if kind in flow_applies else -1, device))
+        fio2: list[tuple[Measurement, int]] = []
+        if fio2_concept is not None:
+            flow_times = timeline.measurement_times.get(flow_concept, ())
+            for reading in timeline.measurements.get(fio2_concept, ()):
+                level = _band_level(fio2_bands, reading.value)
+                if reading.date_only or not level or flow_recorded(flow_times, reading.time):
+                    continue
+                device = device_at(devices, times, reading.time)
+                if (device.value if device is not None and device.value is not None else "unknown") in fio2_applies:
+                    fio2.append((reading, level))  # no device recorded: FiO2 alone tells oxygen is given
+        result = ([f.time for f, _, _ in flows], flows, [r.time for r, _ in fio2], fio2)
+        ctx.cache[key] = result
+        return result
+
     def levels(ctx: Context, window: Window) -> tuple[list[tuple[int, Any]], bool, Measurement | None]:
         """(level, fact) pairs in the window, whether any oxygen data were present, and the highest FiO2
         reading scored without a device (the device is then missing)."""
@@ -436,27 +468,18 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
                 scored.append((device_levels.get(device.value or "", 0), device))
         for device in devices[first: bisect_right(times, window.end)]:
             scored.append((device_levels.get(device.value or "", 0), device))
-        for flow in _in_window(timeline, flow_concept, window):
-            device = device_at(devices, times, flow.time)
-            kind = device.value if device is not None and device.value is not None else "unknown"
-            if kind in flow_applies:
-                scored.append((_band_level(bands, flow.value), flow))
+        flow_times, flows, fio2_times, fio2 = readings(ctx)
+        for flow, level, device in flows[bisect_right(flow_times, window.start): bisect_right(flow_times, window.end)]:
+            if level >= 0:
+                scored.append((level, flow))
             if device is not None and not window.contains(device.time):
                 # the device charted before the window is still the one delivering this flow
                 scored.append((device_levels.get(device.value or "", 0), device))
         no_device: Measurement | None = None
-        if fio2_concept is not None:
-            flow_times = timeline.measurement_times.get(flow_concept, ())
-            for reading in _in_window(timeline, fio2_concept, window):
-                level = _band_level(fio2_bands, reading.value)
-                if not level or flow_recorded(flow_times, reading.time):
-                    continue
-                device = device_at(devices, times, reading.time)
-                if (device.value if device is not None and device.value is not None else "unknown") not in fio2_applies:
-                    continue  # a device is recorded: its category decides
-                scored.append((level, reading))
-                if no_device is None or reading.value > no_device.value:
-                    no_device = reading
+        for reading, level in fio2[bisect_right(fio2_times, window.start): bisect_right(fio2_times, window.end)]:
+            scored.append((level, reading))
+            if no_device is None or reading.value > no_device.value:
+                no_device = reading
         present = bool(scored) or any(_in_window(timeline, concept, window) for concept in presence)
         ctx.cache[key] = (scored, present, no_device)
         return scored, present, no_device

@@ -420,7 +420,7 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
 
     def readings(ctx: Context) -> tuple[list[datetime], list[tuple[Measurement, int, CodedValue | None]], list[datetime], list[tuple[Measurement, int]]]:
         """Flow and FiO2 readings scored once per request (a reading's level does not depend on the window):
-        flows with their level (None when the device is not one flow bands apply to) and current device;
+        flows with their level (-1 when the device is not one that flow bands apply to) and current device;
         FiO2 readings that count without a device or flow."""
         key = (name + "#readings", ctx.timeline.as_of, ctx.timeline.as_of)
         cached = ctx.cache.get(key)

@@ -123,10 +123,11 @@ class Engine:
         return Outcome(timeline, evaluation, tuple(resources), outcome, cards)
 
     def evaluate_bundle_bytes(self, body: bytes, options: RequestOptions) -> Outcome:
-        decoded = decode_bundle(body)
-        if options.strict if options.strict is not None else self.settings.strict_validation:
-            strict_validate(body)
-        return self.evaluate(entries_from_bundle(decoded.entries), decoded.ignored_types, options)
+        with _without_cyclic_gc():  # decoding allocates the most short-lived objects of a request
+            decoded = decode_bundle(body)
+            if options.strict if options.strict is not None else self.settings.strict_validation:
+                strict_validate(body)
+            return self.evaluate(entries_from_bundle(decoded.entries), decoded.ignored_types, options)
 
 
 def strict_validate(body: bytes) -> None:

@@ -58,14 +58,15 @@ def summary(finding: Finding) -> str:
     return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2] + "…"
 
 
-def _headline(finding: Finding, timeline: Timeline) -> Markdown:
+def _headline(finding: Finding, timeline: Timeline, terms: Terminology) -> Markdown:
     words = finding.rule.presentation
     current, maximum = finding.current, finding.maximum
     head = strong(md("{} {} now", words.name, grade_text(current.grade)))
     since = "since day 0" if finding.day_zero_known else "over the data sent"
     worst = grade_text(maximum.grade)
-    if (maximum.grade or 0) > (current.grade or 0):
-        worst += f" at {timeline.local(maximum.window.end)}"
+    if (maximum.grade or 0) > (current.grade or 0) and maximum.reasons:
+        # the criterion that set the worst grade (the gate, e.g. fever, comes first)
+        worst += f", {reason_text(finding, maximum.reasons[-1], timeline, terms)}"
     return paragraph(md("{}{}", head, md(" ({}, last {:g} h; maximum {}: {})", words.scale, finding.rule.window_hours, since, worst)))
 
 
@@ -138,7 +139,7 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     finding = item.finding
     words = finding.rule.presentation
     current = finding.current
-    blocks: list[Markdown] = [_headline(finding, timeline)]
+    blocks: list[Markdown] = [_headline(finding, timeline, terms)]
     if current.reasons:
         blocks.append(bullet_list(md("{}", reason_text(finding, r, timeline, terms)) for r in current.reasons))
     elif current.grade is None:

@@ -41,7 +41,9 @@ def fact_text(fact: Fact, timeline: Timeline, terms: Terminology) -> str:
             return f"{name}{dose} running since {at}"
         if fact.end == fact.time:
             return f"{name}{dose} at {at}"
-        return f"{name}{dose} {at} to {timeline.local(fact.end)}"
+        same_day = fact.end.astimezone(timeline.display_offset).date() == fact.time.astimezone(timeline.display_offset).date()
+        until = fact.end.astimezone(timeline.display_offset).strftime("%H:%M") if same_day else timeline.local(fact.end)
+        return f"{name}{dose} {at} to {until}"
     return str(fact)
 
 

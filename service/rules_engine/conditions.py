@@ -357,10 +357,12 @@ def sustained_measurement(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluat
                 if given:
                     return Result(True, (reading, given[0]), reading.time, given[0].time, notes)
                 not_boluses.update(rejected)
-        shown = ", ".join(f"{f.value:g} {f.unit} at {ctx.timeline.local(f.time)}" for f in low)
-        single = (f"{concept} {symbol} {limit:g}: {shown} — not sustained, reported but not graded",)
+        terms = ctx.terminology
+        unit = terms.display(low[0].unit)
+        shown = ", ".join(f"{f.value:g} {unit} at {ctx.timeline.local(f.time)}" for f in low)
+        single = (f"{terms.display(concept)} {symbol} {limit:g} {unit}: {shown}; not sustained, reported but not graded",)
         if not_boluses:
-            single += (f"not a fluid bolus (R6): {'; '.join(not_boluses)}",)
+            single += (f"not a fluid bolus: {'; '.join(not_boluses)}",)
         return Result(False, tuple(low), notes=notes + single)
 
     def positive_candidates(ctx: Context, window: Window) -> Iterable[datetime]:
@@ -501,7 +503,7 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
                           f"{no_device.value:g} {no_device.unit} at {ctx.timeline.local(no_device.time)})")
         baseline = _baseline(ctx)
         if top and baseline and top <= baseline:
-            notes = (f"oxygen support level {top} also used before day 0 (home oxygen): not counted as hypoxia",)
+            notes = ("the same oxygen support was used before day 0 (home oxygen): not counted as hypoxia",)
             return Result(0, evidence, notes=notes, incomplete=incomplete)
         return Result(float(top), evidence, min(positive) if positive else None, max(positive) if positive else None,
                       incomplete=incomplete)

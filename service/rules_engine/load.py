@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jsonschema
 import yaml
@@ -66,17 +66,100 @@ class Evaluation:
     plans: tuple[Plan, ...]
 
 
+class _State:
+    """What the rules of one evaluation produce, in dependency order (the findings contract)."""
+
+    def __init__(self, timeline: Timeline, terminology: Terminology, version: str, guideline: str | None) -> None:
+        self.timeline = timeline
+        self.terminology = terminology
+        self.version = version
+        self.guideline = guideline
+        self.findings: dict[str, Finding] = {}
+        self.histories: dict[str, Any] = {}
+        self.plans: list[Plan] = []
+
+
+def _run_grading(rule: GradingRule, state: _State) -> None:
+    finding, history = rule.assess(state.timeline, state.terminology, state.version)
+    state.findings[rule.info.rule_id] = finding
+    state.histories[rule.info.rule_id] = history
+
+
+def _run_management(rule: ManagementRule, state: _State) -> None:
+    plan = rule.plan(state.findings[rule.applies_to], state.timeline, state.guideline, state.histories[rule.applies_to])
+    if plan is not None:
+        state.plans.append(plan)
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    """One kind of rule file: how it compiles, which rules it reads, and how it runs."""
+
+    compile: Callable[[Mapping[str, Any], Mapping[str, Any], Compiler], Any]
+    reads: Callable[[Any, Mapping[str, Any]], tuple[str, ...]]  # (compiled rule, document) -> rule ids it needs first
+    run: Callable[[Any, _State], None]
+
+
+# The registry of rule kinds: a new kind (metrics, regimen) is one entry and one module.
+RULE_KINDS: dict[str, RuleKind] = {
+    "grading": RuleKind(
+        compile=lambda document, params, compiler: GradingRule(document, params, compiler),
+        reads=lambda rule, document: tuple(document.get("reads", ())),
+        run=_run_grading,
+    ),
+    "management": RuleKind(
+        compile=lambda document, params, compiler: ManagementRule(document, compiler),
+        reads=lambda rule, document: (rule.applies_to, *document.get("reads", ())),
+        run=_run_management,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    rule_id: str
+    kind: str
+    rule: Any
+    reads: tuple[str, ...]
+
+
+def _dependency_order(rules: list[_Compiled]) -> list[_Compiled]:
+    """Rules sorted so that every rule runs after the rules it reads (file order otherwise); cycles rejected."""
+    by_id = {rule.rule_id: rule for rule in rules}
+    for rule in rules:
+        unknown = [name for name in rule.reads if name not in by_id]
+        if unknown:
+            raise RulesError(rule.rule_id, f"reads unknown rules {unknown}")
+    ordered: list[_Compiled] = []
+    state: dict[str, str] = {}  # rule id -> "visiting" | "done"
+
+    def visit(rule: _Compiled, path: tuple[str, ...]) -> None:
+        if state.get(rule.rule_id) == "done":
+            return
+        if state.get(rule.rule_id) == "visiting":
+            raise RulesError(rule.rule_id, f"rules read each other in a cycle: {' -> '.join(path + (rule.rule_id,))}")
+        state[rule.rule_id] = "visiting"
+        for name in rule.reads:
+            visit(by_id[name], path + (rule.rule_id,))
+        state[rule.rule_id] = "done"
+        ordered.append(rule)
+
+    for rule in rules:
+        visit(rule, ())
+    return ordered
+
+
 class RuleSet:
     """The compiled rules: evaluate(timeline) -> findings and plans. Immutable once loaded."""
 
-    def __init__(self, version: str, terminology: Terminology, grading: list[GradingRule],
-                 management: list[ManagementRule], files: list[str], canonical_base: str,
-                 observed: frozenset[str]) -> None:
+    def __init__(self, version: str, terminology: Terminology, rules: list[_Compiled], files: list[str],
+                 canonical_base: str, observed: frozenset[str]) -> None:
         self.version = version
         self.terminology = terminology
         self.input_terminology = terminology.restricted_to(observed)  # what timelines are built with
-        self.grading = grading
-        self.management = {rule.applies_to: rule for rule in management}
+        self.ordered = _dependency_order(rules)
+        self.grading: list[GradingRule] = [r.rule for r in rules if r.kind == "grading"]
+        self.management: dict[str, ManagementRule] = {r.rule_id: r.rule for r in rules if r.kind == "management"}
         self.files = files
         self.canonical_base = canonical_base
 
@@ -92,16 +175,11 @@ class RuleSet:
         return next((rule.default_guideline for rule in self.management.values()), None)
 
     def evaluate(self, timeline: Timeline, guideline: str | None = None) -> Evaluation:
-        assessed = [rule.assess(timeline, self.terminology, self.version) for rule in self.grading]
-        findings = tuple(finding for finding, _history in assessed)
-        plans = []
-        for finding, history in assessed:
-            management = self.management.get(finding.rule.rule_id)
-            if management is not None:
-                plan = management.plan(finding, timeline, guideline, history)
-                if plan is not None:
-                    plans.append(plan)
-        return Evaluation(findings, tuple(plans))
+        state = _State(timeline, self.terminology, self.version, guideline)
+        for compiled in self.ordered:
+            RULE_KINDS[compiled.kind].run(compiled.rule, state)
+        findings = tuple(state.findings[rule.info.rule_id] for rule in self.grading)
+        return Evaluation(findings, tuple(state.plans))
 
 
 def _parameters(document: Mapping[str, Any], overrides: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -138,8 +216,7 @@ def load_rule_set(
     ruleset = read_document(directory / RULESET_FILE)
 
     validator = _schema(directory, "rule.schema.json")
-    grading: list[GradingRule] = []
-    management: list[ManagementRule] = []
+    compiled: list[_Compiled] = []
     files = [CONCEPTS_FILE, RULESET_FILE]
     known_ids: set[str] = set()
     observed: set[str] = set()
@@ -152,17 +229,16 @@ def load_rule_set(
         known_ids.add(rule_id)
         params = _parameters(document, overrides.get(rule_id, {}), path)
         compiler = Compiler(rule_id, params, terminology)
-        if document["kind"] == "grading":
-            grading.append(GradingRule(document, params, compiler))
-        else:
-            management.append(ManagementRule(document, compiler))
+        kind = RULE_KINDS[document["kind"]]
+        rule = kind.compile(document, params, compiler)
+        compiled.append(_Compiled(rule_id, document["kind"], rule, kind.reads(rule, document)))
         observed |= compiler.observed
         files.append(path.name)
     unknown = set(overrides) - known_ids
     if unknown:
         raise RulesError(str(directory), f"overrides name unknown rules {sorted(unknown)}")
-    graded = {g.info.rule_id: g for g in grading}
-    for rule in management:
+    graded = {c.rule_id: c.rule for c in compiled if c.kind == "grading"}
+    for rule in (c.rule for c in compiled if c.kind == "management"):
         if rule.applies_to not in graded:
             raise RulesError(rule.rule_id, f"applies_to names unknown grading rule {rule.applies_to!r}")
         unknown_criteria = rule.criteria_read - set(graded[rule.applies_to].criteria)
@@ -173,4 +249,4 @@ def load_rule_set(
         digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")
     digest.update(json.dumps(overrides, sort_keys=True).encode())
     version = f"{ruleset['version']}+{digest.hexdigest()[:12]}"
-    return RuleSet(version, terminology, grading, management, files, canonical_base, frozenset(observed))
+    return RuleSet(version, terminology, compiled, files, canonical_base, frozenset(observed))

@@ -115,6 +115,7 @@ class ManagementRule:
     def __init__(self, document: Mapping[str, Any], compiler: Compiler) -> None:
         self.rule_id = document["id"]
         self.version = str(document["version"])
+        self.title = document["title"]
         self.applies_to = document["applies_to"]
         self.default_guideline = document["default_guideline"]
         self.weight_concept = compiler.measurement(document["weight_concept"])
@@ -126,6 +127,8 @@ class ManagementRule:
         # criteria of the graded rule the conditions read (checked against it at load)
         self.criteria_read = {name for spec in document.get("conditions", {}).values() for name in spec.get("criteria", ())}
         self.guidelines = {name: self._guideline(name, spec, compiler) for name, spec in document["guidelines"].items()}
+        if self.default_guideline not in self.guidelines:
+            raise RulesError(self.rule_id, f"default_guideline {self.default_guideline!r} is not one of its guidelines")
 
     def _guideline(self, name: str, spec: Mapping[str, Any], compiler: Compiler) -> dict[str, Any]:
         grades: dict[int, list[dict[str, Any]]] = {}
@@ -184,13 +187,17 @@ class ManagementRule:
     def plan(self, finding: Finding, timeline: Timeline, guideline: str | None, history: History) -> Plan | None:
         grade = finding.current.grade
         chosen = guideline or self.default_guideline
+        notes: list[str] = []
+        if chosen not in self.guidelines:
+            # A guideline another rule has but this one lacks: this rule's default, said on the plan.
+            notes.append(f"{self.title} has no {chosen} version: {self.default_guideline} is shown.")
+            chosen = self.default_guideline
         spec = self.guidelines[chosen]
         items = spec["grades"].get(grade) if grade else None
         if not items:
             return None
         weight = self._weight(timeline)
         age = timeline.age_years()
-        notes: list[str] = []
         if weight is None:
             notes.append(f"No usable body weight (none recorded in the {self.weight_max_age.days} days before the evaluation): doses are given per kg.")
         if age is None:

@@ -239,12 +239,15 @@ def test_risk_assessment_header(result):
     assert len(ra["prediction"]) >= 2
 
 
-def test_current_window_is_24_hours_ending_at_occurrence(result):
+def test_current_window_is_24_hours_ending_at_occurrence_clipped_at_day_zero(result):
     ra = result.risk_assessment
     occurrence = _time(ra["occurrenceDateTime"])
     window = ra["prediction"][0]["whenPeriod"]
     assert _time(window["end"]) == occurrence
-    assert _time(window["end"]) - _time(window["start"]) == timedelta(hours=24)
+    start = occurrence - timedelta(hours=24)
+    if result.scenario.infusion is not None:
+        start = max(start, _time(result.scenario.infusion))  # facts before day 0 are never graded
+    assert _time(window["start"]) == start
 
 
 def test_maximum_window_runs_from_day_zero_to_occurrence(result):

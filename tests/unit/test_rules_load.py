@@ -48,7 +48,7 @@ def _rules_error(directory: Path, **kwargs) -> RulesError:
 
 def test_shipped_rule_set_loads(rule_set):
     assert [rule.info.rule_id for rule in rule_set.grading] == ["crs-astct"]
-    assert "crs-astct" in rule_set.management
+    assert rule_set.management["crs-management"].applies_to == "crs-astct"
     assert "crs_astct.yaml" in rule_set.files
     assert "concepts.yaml" in rule_set.files
     assert not any(".cases." in name for name in rule_set.files)
@@ -274,3 +274,61 @@ def test_clinical_core_does_not_import_the_http_layer():
         for path in _core_files()
     }
     assert not {p: m for p, m in offenders.items() if m}
+
+
+# --- rule kinds, dependency order, guideline versions per management rule ------------------------------
+
+def _second_toxicity(rules: Path) -> None:
+    """A copy of the CRS rules as a second toxicity with a management rule that has only seed-S004."""
+    grading = yaml.safe_load((rules / "crs_astct.yaml").read_text(encoding="utf-8"))
+    grading["id"] = "crs-astct-copy"
+    (rules / "zz_copy.yaml").write_text(yaml.safe_dump(grading, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    management = yaml.safe_load((rules / "crs_management.yaml").read_text(encoding="utf-8"))
+    management["id"] = "copy-management"
+    management["applies_to"] = "crs-astct-copy"
+    del management["guidelines"]["ASCO-2021"]
+    (rules / "aa_copy_management.yaml").write_text(yaml.safe_dump(management, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def test_rules_run_after_the_rules_they_read(rules_copy):
+    _second_toxicity(rules_copy)  # aa_copy_management.yaml sorts before the grading rule it reads
+    order = [c.rule_id for c in load_rule_set(rules_copy).ordered]
+    assert order.index("crs-astct-copy") < order.index("copy-management")
+    assert order.index("crs-astct") < order.index("crs-management")
+
+
+def test_a_cycle_of_reads_is_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["crs-management"]))
+    assert "cycle" in str(_rules_error(rules_copy))
+
+
+def test_reading_an_unknown_rule_is_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["icans-astct"]))
+    assert "reads unknown rules ['icans-astct']" in str(_rules_error(rules_copy))
+
+
+def test_a_guideline_a_management_rule_lacks_falls_back_to_its_default(rules_copy):
+    """ASCO-2021 exists in crs-management but not in copy-management: the request is valid (no KeyError,
+    no 500), copy-management shows its default version and says so on the plan."""
+    _second_toxicity(rules_copy)
+    rule_set = load_rule_set(rules_copy)
+    assert set(rule_set.guideline_ids) == {"seed-S004", "ASCO-2021"}
+    body = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "MedicationAdministration", "id": "cart", "status": "completed",
+                      "medicationCodeableConcept": {"text": "axicabtagene ciloleucel"},
+                      "effectiveDateTime": "2026-03-02T10:00:00+01:00"}},
+        {"resource": {"resourceType": "Observation", "id": "t1", "status": "final",
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                      "effectiveDateTime": "2026-03-05T08:00:00+01:00",
+                      "valueQuantity": {"value": 38.6, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}},
+    ]}).encode()
+    timeline = build_timeline(entries_from_bundle(decode_bundle(body).entries), rule_set.input_terminology, AS_OF, BuildOptions())
+    plans = {plan.rule_id: plan for plan in rule_set.evaluate(timeline, "ASCO-2021").plans}
+    assert plans["crs-management"].guideline_id == "ASCO-2021"
+    assert plans["copy-management"].guideline_id == "seed-S004"
+    assert any("has no ASCO-2021 version: seed-S004 is shown" in note for note in plans["copy-management"].notes)
+
+
+def test_default_guideline_must_be_one_of_the_rule_s_guidelines(rules_copy):
+    _edit_yaml(rules_copy / "crs_management.yaml", lambda d: d.update(default_guideline="ASCO-2023"))
+    assert "default_guideline 'ASCO-2023'" in str(_rules_error(rules_copy))

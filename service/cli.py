@@ -105,7 +105,7 @@ def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infu
 
 @main.group()
 def rules() -> None:
-    """Rule files: lint and test."""
+    """Rule files: lint, test and the full schema."""
 
 
 _DIR_OPTION = click.option("--dir", "directory", default=None, type=click.Path(exists=True, file_okay=False),
@@ -168,3 +168,14 @@ def test(directory: str | None, keyword: str | None) -> None:
                 click.echo(f"ok   {case_file.name}::{case.name}")
     click.echo(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed or not passed else 0)
+
+
+@rules.command("schema")
+@click.option("--dir", "directory", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Rule directory whose schema/rule.schema.json to complete (default: the shipped rules).")
+def schema(directory: str | None) -> None:
+    """Print the full rule-file JSON Schema (criterion parameters from the condition-type registry)."""
+    from service.resources import rules_dir
+    from service.rules_engine.load import rule_schema
+
+    click.echo(orjson.dumps(rule_schema(Path(directory) if directory else rules_dir()), option=orjson.OPT_INDENT_2).decode())

@@ -530,19 +530,82 @@ def _describe(ctx: Context, window: Window) -> str:
     return f"({ctx.timeline.local(window.start)}, {ctx.timeline.local(window.end)}]"
 
 
-CONDITION_TYPES: dict[str, Callable[[Mapping[str, Any], Compiler], tuple[Evaluator, CandidateTimes]]] = {
-    "measurement_threshold": measurement_threshold,
-    "first_occurrence": first_occurrence,
-    "therapy_after_onset": therapy_after_onset,
-    "concurrent_administrations": concurrent_administrations,
-    "sustained_measurement": sustained_measurement,
-    "oxygen_support_level": oxygen_support_level,
+# Parameter schemas of the condition types (JSON Schema fragments; "#/$defs/..." refer to rule.schema.json).
+_NUMBER = {"$ref": "#/$defs/number"}
+_NAMES = {"$ref": "#/$defs/names"}
+_MISSING = {"$ref": "#/$defs/missing"}
+_THRESHOLD = {"$ref": "#/$defs/threshold"}
+_COMPARATOR = {"enum": list(_COMPARATORS)}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_BANDS = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["level"], "additionalProperties": False,
+    "properties": {"above": _NUMBER, "up_to": _NUMBER, "level": {"type": "integer"}}}}
+
+
+@dataclass(frozen=True)
+class ConditionType:
+    """A condition type: its compiler and the JSON Schema of its parameters (one source: the rule schema's
+    criterion definition is derived from this registry at load)."""
+
+    compile: Callable[[Mapping[str, Any], Compiler], tuple[Evaluator, CandidateTimes]]
+    required: tuple[str, ...]
+    properties: Mapping[str, Any]
+
+
+CONDITION_TYPES: dict[str, ConditionType] = {
+    "measurement_threshold": ConditionType(
+        measurement_threshold, ("concept", "comparator", "threshold"),
+        {"concept": {"type": "string"}, "comparator": _COMPARATOR, "threshold": _THRESHOLD, "missing": _MISSING}),
+    "first_occurrence": ConditionType(
+        first_occurrence, ("criterion",), {"criterion": {"type": "string"}, "since": {"const": "day_zero"}}),
+    "therapy_after_onset": ConditionType(
+        therapy_after_onset, ("onset", "medications", "lapse_hours"),
+        {"onset": {"type": "string"}, "medications": _NAMES, "lapse_hours": _NUMBER, "renewed_by": _STRINGS}),
+    "concurrent_administrations": ConditionType(concurrent_administrations, ("medications",), {"medications": _NAMES}),
+    "sustained_measurement": ConditionType(
+        sustained_measurement, ("concept", "comparator", "threshold", "min_readings", "min_span_minutes"),
+        {"concept": {"type": "string"}, "comparator": _COMPARATOR, "threshold": _THRESHOLD,
+         "min_readings": _NUMBER, "min_span_minutes": _NUMBER, "missing": _MISSING,
+         "or_followed_by": {
+             "type": "object", "required": ["medications", "within_hours"], "additionalProperties": False,
+             "properties": {
+                 "medications": _NAMES, "within_hours": _NUMBER,
+                 "fluids": {
+                     "description": "Coded fluids that count only when given as a bolus: volume within a time, or a rate.",
+                     "type": "object", "additionalProperties": False,
+                     "required": ["medications", "min_volume_ml", "max_minutes", "min_rate_ml_per_hour"],
+                     "properties": {"medications": _NAMES, "min_volume_ml": _NUMBER, "max_minutes": _NUMBER,
+                                    "min_rate_ml_per_hour": _NUMBER}}}}}),
+    "oxygen_support_level": ConditionType(
+        oxygen_support_level,
+        ("device_concept", "flow_concept", "device_levels", "flow_applies_to", "flow_bands", "device_recency_hours"),
+        {"device_concept": {"type": "string"}, "flow_concept": {"type": "string"}, "presence_concepts": _STRINGS,
+         "device_levels": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 4}},
+         "flow_applies_to": _STRINGS, "flow_bands": _BANDS, "fio2_concept": {"type": "string"},
+         "fio2_applies_to": _STRINGS, "fio2_bands": _BANDS, "device_recency_hours": _NUMBER,
+         "baseline_days_before_day_zero": _NUMBER, "missing": _MISSING}),
 }
+
+
+def criterion_schema() -> dict[str, Any]:
+    """The rule schema's `$defs/criterion`, derived from the condition-type registry."""
+    return {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": list(CONDITION_TYPES)}, "label": {"type": "string"}},
+        "allOf": [
+            {"if": {"properties": {"type": {"const": name}}},
+             "then": {"required": list(kind.required),
+                      "properties": {"type": True, "label": True, **kind.properties},
+                      "additionalProperties": False}}
+            for name, kind in CONDITION_TYPES.items()
+        ],
+    }
 
 
 def compile_criterion(name: str, spec: Mapping[str, Any], compiler: Compiler) -> Compiled:
     kind = spec["type"]
     if kind not in CONDITION_TYPES:
         raise RulesError(compiler.rule_id, f"criterion {name!r}: unknown condition type {kind!r}")
-    evaluate, candidates = CONDITION_TYPES[kind]({**spec, "_name": name}, compiler)
+    evaluate, candidates = CONDITION_TYPES[kind].compile({**spec, "_name": name}, compiler)
     return Compiled(name, spec.get("label", name), evaluate, candidates)

@@ -14,7 +14,7 @@ import yaml
 from service.errors import RulesError
 from service.fhir_input.concepts import Terminology, build_terminology
 from service.resources import rules_dir
-from service.rules_engine.conditions import Compiler
+from service.rules_engine.conditions import Compiler, criterion_schema
 from service.rules_engine.grading import GradingRule
 from service.rules_engine.management import ManagementRule, Plan
 from service.rules_engine.model import Finding
@@ -34,8 +34,18 @@ def read_document(path: Path) -> Any:
         raise RulesError(str(path), f"cannot parse: {exc}") from exc
 
 
+def rule_schema(directory: Path | None = None) -> dict[str, Any]:
+    """rules/schema/rule.schema.json with its criterion definition derived from the condition-type registry."""
+    schema = json.loads(((directory or rules_dir()) / "schema" / "rule.schema.json").read_text(encoding="utf-8"))
+    schema["$defs"]["criterion"] = {**schema["$defs"]["criterion"], **criterion_schema()}
+    return schema
+
+
 def _schema(directory: Path, name: str) -> jsonschema.protocols.Validator:
-    schema = json.loads((directory / "schema" / name).read_text(encoding="utf-8"))
+    if name == "rule.schema.json":
+        schema = rule_schema(directory)
+    else:
+        schema = json.loads((directory / "schema" / name).read_text(encoding="utf-8"))
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
     return validator_class(schema)

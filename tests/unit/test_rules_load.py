@@ -332,3 +332,19 @@ def test_a_guideline_a_management_rule_lacks_falls_back_to_its_default(rules_cop
 def test_default_guideline_must_be_one_of_the_rule_s_guidelines(rules_copy):
     _edit_yaml(rules_copy / "crs_management.yaml", lambda d: d.update(default_guideline="ASCO-2023"))
     assert "default_guideline 'ASCO-2023'" in str(_rules_error(rules_copy))
+
+
+def test_rule_schema_criterion_definition_comes_from_the_condition_registry():
+    from service.rules_engine.conditions import CONDITION_TYPES
+    from service.rules_engine.load import rule_schema
+
+    criterion = rule_schema()["$defs"]["criterion"]
+    assert criterion["properties"]["type"]["enum"] == list(CONDITION_TYPES)
+    branches = {b["if"]["properties"]["type"]["const"]: b["then"] for b in criterion["allOf"]}
+    assert branches["measurement_threshold"]["required"] == ["concept", "comparator", "threshold"]
+    assert branches["oxygen_support_level"]["properties"]["fio2_bands"]["minItems"] == 1
+
+
+def test_a_criterion_parameter_unknown_to_its_condition_type_is_rejected(rules_copy):
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["criteria"]["fever"].update(thresold=38))
+    assert "schema validation failed" in str(_rules_error(rules_copy))

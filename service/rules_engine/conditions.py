@@ -526,6 +526,80 @@ def oxygen_support_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluato
     return evaluate, candidates
 
 
+def age_band(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    """The patient's age (from Patient.birthDate at the evaluation time) is in [from_years, below_years);
+    unknown without a birth date."""
+    low = c.number(spec["from_years"]) if "from_years" in spec else None
+    high = c.number(spec["below_years"]) if "below_years" in spec else None
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        age = ctx.timeline.age_years()
+        if age is None:
+            return Result(None, missing="age unknown (no Patient.birthDate)")
+        return Result((low is None or age >= low) and (high is None or age < high))
+
+    return evaluate, lambda ctx, window: ()
+
+
+def coded_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    """A coded observation's answer mapped to a level (answer -> level table in the rule): the worst level
+    recorded in the window, or the latest's. Unrecognised answers count 0 and are noted."""
+    concept = c.coded_observation(spec["concept"])
+    levels = {answer: int(level) for answer, level in spec["levels"].items()}
+    latest_only = spec.get("mode", "worst") == "latest"
+    unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+
+    def in_window(ctx: Context, window: Window) -> list[tuple[int, CodedValue]]:
+        facts = ctx.timeline.coded.get(concept, ())
+        times = ctx.timeline.coded_times.get(concept, ())
+        return [(levels.get(f.value or "", 0), f) for f in facts[bisect_right(times, window.start): bisect_right(times, window.end)]]
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        scored = in_window(ctx, window)
+        if not scored:
+            if unknown_when_missing:
+                return Result(None, missing=f"no {ctx.terminology.display(concept)} recorded in {_describe(ctx, window)}")
+            return Result(0)
+        notes = tuple(f"{ctx.terminology.display(concept)}: {fact.display!r} is not an answer this rule grades" for _, fact in scored if fact.value not in levels)
+        if latest_only:
+            scored = scored[-1:]
+        top = max(level for level, _ in scored)
+        evidence = tuple(fact for level, fact in scored if level == top)
+        positive = [fact.time for level, fact in scored if level > 0]
+        return Result(float(top), evidence, min(positive, default=None), max(positive, default=None), notes)
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        return [fact.time for level, fact in in_window(ctx, window) if level > 0]
+
+    return evaluate, candidates
+
+
+def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    """A measurement (a score or a value) banded into levels: the worst level in the window, or the latest
+    reading's. Bands are above < value <= up_to."""
+    concept = c.measurement(spec["concept"])
+    bands = _bands(spec["bands"], c)
+    latest_only = spec.get("mode", "worst") == "latest"
+    unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        facts = _in_window(ctx.timeline, concept, window)
+        if not facts:
+            if unknown_when_missing:
+                return Result(None, missing=f"no {ctx.terminology.display(concept)} recorded in {_describe(ctx, window)}")
+            return Result(0)
+        scored = [(_band_level(bands, f.value), f) for f in (facts[-1:] if latest_only else facts)]
+        top = max(level for level, _ in scored)
+        evidence = tuple(f for level, f in scored if level == top) if top else (facts[-1],)
+        positive = [f.time for level, f in scored if level > 0]
+        return Result(float(top), evidence, min(positive, default=None), max(positive, default=None))
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        return [f.time for f in _in_window(ctx.timeline, concept, window) if _band_level(bands, f.value) > 0]
+
+    return evaluate, candidates
+
+
 def _describe(ctx: Context, window: Window) -> str:
     return f"({ctx.timeline.local(window.start)}, {ctx.timeline.local(window.end)}]"
 
@@ -584,6 +658,14 @@ CONDITION_TYPES: dict[str, ConditionType] = {
          "flow_applies_to": _STRINGS, "flow_bands": _BANDS, "fio2_concept": {"type": "string"},
          "fio2_applies_to": _STRINGS, "fio2_bands": _BANDS, "device_recency_hours": _NUMBER,
          "baseline_days_before_day_zero": _NUMBER, "missing": _MISSING}),
+    "age_band": ConditionType(age_band, (), {"from_years": _NUMBER, "below_years": _NUMBER}),
+    "coded_level": ConditionType(
+        coded_level, ("concept", "levels"),
+        {"concept": {"type": "string"}, "levels": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+         "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING}),
+    "measurement_level": ConditionType(
+        measurement_level, ("concept", "bands"),
+        {"concept": {"type": "string"}, "bands": _BANDS, "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING}),
 }
 
 

@@ -125,10 +125,11 @@ def evaluate(terminology, timeline_of):
     return run
 
 
-def test_every_condition_type_is_covered_here():
+def test_every_condition_type_is_covered_here_or_in_test_generic_conditions():
     assert set(CONDITION_TYPES) == {
         "measurement_threshold", "first_occurrence", "therapy_after_onset", "concurrent_administrations",
         "sustained_measurement", "oxygen_support_level",
+        "age_band", "coded_level", "measurement_level",  # tests/unit/test_generic_conditions.py
     }
 
 

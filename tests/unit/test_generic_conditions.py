@@ -1,0 +1,114 @@
+"""Generic condition types (age_band, coded_level, measurement_level): compiled from small criteria and
+evaluated over hand-built timelines. They carry no clinical numbers: the levels and bands are the test's."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from service.rules_engine.conditions import Compiler, Context, compile_criterion
+from service.rules_engine.model import Window
+from service.timeline.facts import CodedValue, Measurement
+
+UTC = timezone.utc
+AS_OF = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
+WINDOW = Window(AS_OF - timedelta(hours=24), AS_OF)
+DEVICE_LEVELS = {"type": "coded_level", "concept": "oxygen-delivery-device",
+                 "levels": {"room-air": 0, "nasal-cannula": 2, "cpap-bipap-mask": 4}}
+TEMPERATURE_BANDS = {"type": "measurement_level", "concept": "body-temperature",
+                     "bands": [{"above": 37.9, "up_to": 38.9, "level": 1}, {"above": 38.9, "level": 2}]}
+
+
+def at(hours: float) -> datetime:
+    return AS_OF - timedelta(hours=hours)
+
+
+def device(value: str | None, when: datetime) -> CodedValue:
+    return CodedValue("oxygen-delivery-device", value, value or "a mystery mask", when, None, False, f"Observation/d{when:%H%M}")
+
+
+def temperature(value: float, when: datetime) -> Measurement:
+    return Measurement("body-temperature", value, "Cel", when, f"Observation/t{when:%H%M}", f"{value:g} Cel")
+
+
+@pytest.fixture
+def run(terminology, timeline_of):
+    def evaluate(spec, facts=(), birth_date: date | None = date(1965, 4, 2), window=WINDOW):
+        compiler = Compiler("test-rule", {"boundary": 12}, terminology)
+        compiled = {"c": compile_criterion("c", spec, compiler)}
+        timeline = timeline_of(AS_OF, facts, birth_date=birth_date)
+        return Context(timeline, terminology, compiled).result("c", window)
+
+    return evaluate
+
+
+@pytest.mark.parametrize(("birth_date", "expected"), [
+    (date(2014, 3, 5), True),   # 12th birthday on the evaluation day: from_years is inclusive
+    (date(2014, 3, 6), False),  # one day short of 12
+    (date(1965, 4, 2), True),
+])
+def test_age_band_from_birth_date_at_the_evaluation_time(run, birth_date, expected):
+    assert run({"type": "age_band", "from_years": {"param": "boundary"}}, birth_date=birth_date).value is expected
+
+
+def test_age_band_below(run):
+    assert run({"type": "age_band", "below_years": 12}, birth_date=date(2016, 1, 1)).value is True
+    assert run({"type": "age_band", "below_years": 12}, birth_date=date(2010, 1, 1)).value is False
+
+
+def test_age_band_unknown_without_birth_date(run):
+    result = run({"type": "age_band", "from_years": 12}, birth_date=None)
+    assert result.value is None
+    assert result.missing == "age unknown (no Patient.birthDate)"
+
+
+def test_coded_level_worst_answer_in_the_window(run):
+    facts = [device("nasal-cannula", at(10)), device("cpap-bipap-mask", at(6)), device("room-air", at(1))]
+    result = run(DEVICE_LEVELS, facts)
+    assert result.value == 4.0
+    assert [f.value for f in result.evidence] == ["cpap-bipap-mask"]
+    assert result.first_positive == at(10) and result.last_positive == at(6)
+
+
+def test_coded_level_latest_mode(run):
+    facts = [device("cpap-bipap-mask", at(6)), device("nasal-cannula", at(1))]
+    assert run({**DEVICE_LEVELS, "mode": "latest"}, facts).value == 2.0
+
+
+def test_coded_level_ignores_answers_outside_the_window(run):
+    assert run(DEVICE_LEVELS, [device("cpap-bipap-mask", at(30)), device("room-air", at(2))]).value == 0.0
+
+
+def test_coded_level_unrecognised_answer_counts_zero_and_is_noted(run):
+    result = run(DEVICE_LEVELS, [device(None, at(2))])
+    assert result.value == 0.0
+    assert any("a mystery mask" in note for note in result.notes)
+
+
+def test_coded_level_missing_is_unknown_or_zero(run):
+    assert run(DEVICE_LEVELS).value is None
+    assert "no " in run(DEVICE_LEVELS).missing
+    assert run({**DEVICE_LEVELS, "missing": "false"}).value == 0
+
+
+def test_measurement_level_worst_band(run):
+    result = run(TEMPERATURE_BANDS, [temperature(38.2, at(8)), temperature(39.4, at(5)), temperature(37.0, at(1))])
+    assert result.value == 2.0
+    assert [f.value for f in result.evidence] == [39.4]
+
+
+def test_measurement_level_band_edges_are_above_exclusive_up_to_inclusive(run):
+    assert run(TEMPERATURE_BANDS, [temperature(37.9, at(1))]).value == 0.0
+    assert run(TEMPERATURE_BANDS, [temperature(38.9, at(1))]).value == 1.0
+    assert run(TEMPERATURE_BANDS, [temperature(38.95, at(1))]).value == 2.0
+
+
+def test_measurement_level_latest_mode(run):
+    facts = [temperature(39.4, at(5)), temperature(38.0, at(1))]
+    assert run({**TEMPERATURE_BANDS, "mode": "latest"}, facts).value == 1.0
+
+
+def test_measurement_level_missing_is_unknown(run):
+    result = run(TEMPERATURE_BANDS)
+    assert result.value is None and "temperature" in result.missing

@@ -18,7 +18,7 @@ import msgspec
 
 from service.errors import InputError, Issue
 
-USED_TYPES = frozenset({"Patient", "Observation", "MedicationAdministration", "Medication"})
+USED_TYPES = frozenset({"Patient", "Observation", "MedicationAdministration", "Medication", "Condition", "Procedure"})
 ACCEPTED_BUNDLE_TYPES = frozenset({"collection", "batch", "transaction", "searchset"})
 
 
@@ -50,11 +50,18 @@ class Reference(msgspec.Struct, gc=False):
     display: str | None = None
 
 
+class ReferenceRange(msgspec.Struct, gc=False):
+    low: Quantity | None = None
+    high: Quantity | None = None
+
+
 class Component(msgspec.Struct, gc=False):
     code: CodeableConcept | None = None
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
     valueInteger: int | None = None
+    dataAbsentReason: CodeableConcept | None = None
+    referenceRange: list[ReferenceRange] | None = None
 
 
 class Ratio(msgspec.Struct, gc=False):
@@ -71,7 +78,8 @@ class Dosage(msgspec.Struct, gc=False):
 
 
 class Resource(msgspec.Struct, gc=False):
-    """The union of the fields read from Patient, Observation, MedicationAdministration and Medication."""
+    """The union of the fields read from Patient, Observation, MedicationAdministration, Medication, Condition
+    and Procedure."""
 
     resourceType: str | None = None
     id: str | None = None
@@ -84,6 +92,9 @@ class Resource(msgspec.Struct, gc=False):
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
     valueInteger: int | None = None
+    valueBoolean: bool | None = None
+    dataAbsentReason: CodeableConcept | None = None
+    referenceRange: list[ReferenceRange] | None = None
     component: list[Component] | None = None
     medicationCodeableConcept: CodeableConcept | None = None
     medicationReference: Reference | None = None
@@ -92,6 +103,16 @@ class Resource(msgspec.Struct, gc=False):
     birthDate: str | None = None
     deceasedBoolean: bool | None = None
     deceasedDateTime: str | None = None
+    # Condition
+    clinicalStatus: CodeableConcept | None = None
+    verificationStatus: CodeableConcept | None = None
+    onsetDateTime: str | None = None
+    onsetPeriod: Period | None = None
+    abatementDateTime: str | None = None
+    recordedDate: str | None = None
+    # Procedure
+    performedDateTime: str | None = None
+    performedPeriod: Period | None = None
 
 
 class Entry(msgspec.Struct, gc=False):

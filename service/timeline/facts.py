@@ -18,6 +18,8 @@ class Measurement:
     source: str  # "Observation/id" (or the entry's fullUrl, or its location when it has neither)
     original: str  # value and unit as sent, for evidence ("100.9 [degF]")
     date_only: bool = False
+    reference_low: float | None = None  # referenceRange low/high of the Observation, in `unit`; None when absent
+    reference_high: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +49,55 @@ class Administration:
     offset: tzinfo | None = None  # UTC offset the start was recorded in (day 0 counts days in it)
     volume_ml: float | None = None  # a dose recorded as a volume (fluids), never mistaken for mg
     rate_ml_per_h: float | None = None  # dosage.rateQuantity / rateRatio as a fluid rate; other rates None
+    route: str | None = None  # dosage.route as a route concept (intravenous, oral ...); None when not given or unknown
 
     def end_or(self, now: datetime) -> datetime:
         return now if self.end is None else self.end
 
 
-Fact = Measurement | CodedValue | Administration
+@dataclass(frozen=True, slots=True)
+class NotPerformed:
+    """An assessment recorded as not done (Observation.dataAbsentReason on a score or coded assessment):
+    "ICE not performed: patient unarousable" is clinical information, not a missing value."""
+
+    concept: str
+    time: datetime
+    reason: str  # the dataAbsentReason as written (text, else a coding's display, else its code)
+    reason_code: str | None  # the dataAbsentReason coding's code, e.g. "not-performed", "asked-declined"
+    source: str
+    date_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A clinical finding present from `time` (a Condition's onset, or the effective time of an Observation
+    coded as the finding). `end` None = no end recorded: the finding lasts unless `clinical_status` says it
+    is inactive, in remission or resolved; a point-in-time Observation ends when it starts."""
+
+    concept: str
+    time: datetime  # onset: onsetDateTime / onsetPeriod.start, else recordedDate; Observation effective start
+    end: datetime | None  # abatementDateTime; effectivePeriod.end of an Observation
+    clinical_status: str | None  # Condition.clinicalStatus code (active, recurrence, relapse, inactive, remission, resolved)
+    verification_status: str | None  # Condition.verificationStatus code (only "confirmed" or None are used)
+    display: str
+    source: str  # "Condition/id" or "Observation/id"
+    date_only: bool = False  # the onset was a date: placed at 00:00 in the evaluation time's offset
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedurePerformed:
+    """A procedure done or under way. `end` None = still in progress (an open performedPeriod)."""
+
+    concept: str
+    time: datetime  # performedDateTime / performedPeriod.start
+    end: datetime | None
+    status: str  # completed | in-progress | stopped
+    display: str
+    source: str
+    date_only: bool = False
+
+
+Fact = Measurement | CodedValue | Administration | NotPerformed | Finding | ProcedurePerformed
 
 
 def _time_of(fact: Fact) -> datetime:
@@ -109,29 +154,30 @@ class Timeline:
     notes: tuple[InputNote, ...] = field(default=())
     input_references: frozenset[str] = field(default=frozenset())
     partial_data: tuple[str, ...] = field(default=())  # why the data may be incomplete (e.g. an unfetched next page)
+    # Indexed like measurements (sorted by time, with the times for bisect).
+    findings: Mapping[str, tuple[Finding, ...]] = field(default_factory=dict)
+    finding_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
+    procedures: Mapping[str, tuple[ProcedurePerformed, ...]] = field(default_factory=dict)
+    procedure_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
+    not_performed: Mapping[str, tuple[NotPerformed, ...]] = field(default_factory=dict)
+    not_performed_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
 
     @classmethod
     def of_facts(cls, as_of: datetime, display_offset: tzinfo, facts: Iterable[Fact], **details: Any) -> "Timeline":
         """Sort and index facts by concept (times must be UTC); `details` are the other fields."""
-        grouped: dict[type, dict[str, list[Fact]]] = {Measurement: {}, CodedValue: {}, Administration: {}}
+        grouped: dict[type, dict[str, list[Fact]]] = {kind: {} for kind in _INDEXED}
         for fact in facts:
             grouped[type(fact)].setdefault(fact.concept, []).append(fact)
         indexed = {kind: {k: tuple(sorted(v, key=_time_of)) for k, v in by_concept.items()} for kind, by_concept in grouped.items()}
-        measurements, coded = indexed[Measurement], indexed[CodedValue]
+        for kind, (name, times) in _INDEXED.items():
+            details[name] = indexed[kind]
+            if times:
+                details[times] = {k: tuple(f.time for f in v) for k, v in indexed[kind].items()}
         details.setdefault("patient", None)
         details.setdefault("birth_date", None)
         details.setdefault("deceased", False)
         details.setdefault("day_zero", None)
-        return cls(
-            as_of=as_of,
-            display_offset=display_offset,
-            measurements=measurements,
-            measurement_times={k: tuple(f.time for f in v) for k, v in measurements.items()},
-            coded=coded,
-            coded_times={k: tuple(f.time for f in v) for k, v in coded.items()},
-            administrations=indexed[Administration],
-            **details,
-        )
+        return cls(as_of=as_of, display_offset=display_offset, **details)
 
     def local(self, moment: datetime) -> str:
         """A time as a clinician reads it: to the minute in the data's UTC offset, with the date when it is
@@ -157,3 +203,14 @@ class Timeline:
         today = self.as_of.date()
         born = self.birth_date
         return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+# Fact type -> (Timeline field, field of its times or None): how of_facts indexes each kind.
+_INDEXED: dict[type, tuple[str, str | None]] = {
+    Measurement: ("measurements", "measurement_times"),
+    CodedValue: ("coded", "coded_times"),
+    Administration: ("administrations", None),
+    Finding: ("findings", "finding_times"),
+    ProcedurePerformed: ("procedures", "procedure_times"),
+    NotPerformed: ("not_performed", "not_performed_times"),
+}

@@ -74,6 +74,20 @@ def test_directory_has_the_expected_resources():
         "StructureDefinition-cartox-care-plan.json",
         "StructureDefinition-cartox-oxygen-device-observation.json",
         "StructureDefinition-cartox-car-t-infusion.json",
+        # neurological assessments (ICANS input)
+        "ValueSet-neuro-assessment-code.json",
+        "ValueSet-ice-item-code.json",
+        "ValueSet-capd-item-code.json",
+        "ValueSet-loc-astct-answer.json",
+        "ValueSet-seizure-astct-answer.json",
+        "ValueSet-motor-weakness-astct-answer.json",
+        "ValueSet-cerebral-edema-astct-answer.json",
+        "StructureDefinition-cartox-ice-score.json",
+        "StructureDefinition-cartox-capd-score.json",
+        "StructureDefinition-cartox-loc-observation.json",
+        "StructureDefinition-cartox-seizure-observation.json",
+        "StructureDefinition-cartox-motor-weakness-observation.json",
+        "StructureDefinition-cartox-cerebral-edema-observation.json",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -133,6 +147,12 @@ def test_profiles_are_resource_constraints_on_core():
         "cartox-care-plan": "CarePlan",
         "cartox-oxygen-device-observation": "Observation",
         "cartox-car-t-infusion": "MedicationAdministration",
+        "cartox-ice-score": "Observation",
+        "cartox-capd-score": "Observation",
+        "cartox-loc-observation": "Observation",
+        "cartox-seizure-observation": "Observation",
+        "cartox-motor-weakness-observation": "Observation",
+        "cartox-cerebral-edema-observation": "Observation",
     }
     for path, sd in profiles:
         assert sd["baseDefinition"] == f"{FHIR_CORE}{sd['type']}", path.name
@@ -163,6 +183,15 @@ def test_codesystem_has_the_codes_the_service_relies_on():
         "grade-0", "grade-1", "grade-2", "grade-3", "grade-4", "grade-5", "not-assessable",
         "oxygen-delivery-device", "ice-total", "ice-orientation", "ice-naming", "ice-commands",
         "ice-writing", "ice-attention", "capd-total", "loc-astct",
+        "capd-eye-contact", "capd-purposeful-actions", "capd-awareness-of-surroundings",
+        "capd-communicates-needs-and-wants", "capd-restless", "capd-inconsolable", "capd-underactive",
+        "capd-slow-response",
+        "seizure-astct", "motor-weakness-astct", "cerebral-edema-astct",
+        "alert", "awakens-spontaneously", "awakens-to-voice", "awakens-to-tactile", "unarousable",
+        "rapidly-resolving", "eeg-resolved-with-intervention", "prolonged-or-repetitive",
+        "focal-deep-weakness",
+        "focal-local-edema", "diffuse-edema", "decerebrate-or-decorticate-posturing",
+        "cranial-nerve-vi-palsy", "papilledema", "cushings-triad",
         "cart-investigational",
         "supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy",
         "weight-based-dosing",
@@ -211,6 +240,23 @@ def test_valueset_contents():
     assert codes("oxygen-delivery-device-code") == {
         ("http://loinc.org", "107117-4"), ("http://loinc.org", "41925-9"),
         (cartox, "oxygen-delivery-device")}
+    assert codes("neuro-assessment-code") == {(cartox, c) for c in (
+        "ice-total", "capd-total", "loc-astct", "seizure-astct", "motor-weakness-astct",
+        "cerebral-edema-astct")}
+    assert codes("ice-item-code") == {(cartox, c) for c in (
+        "ice-orientation", "ice-naming", "ice-commands", "ice-writing", "ice-attention")}
+    assert codes("capd-item-code") == {(cartox, c) for c in (
+        "capd-eye-contact", "capd-purposeful-actions", "capd-awareness-of-surroundings",
+        "capd-communicates-needs-and-wants", "capd-restless", "capd-inconsolable", "capd-underactive",
+        "capd-slow-response")}
+    assert codes("loc-astct-answer") == {(cartox, c) for c in (
+        "alert", "awakens-spontaneously", "awakens-to-voice", "awakens-to-tactile", "unarousable")}
+    assert codes("seizure-astct-answer") == {(cartox, c) for c in (
+        "rapidly-resolving", "eeg-resolved-with-intervention", "prolonged-or-repetitive")}
+    assert codes("motor-weakness-astct-answer") == {(cartox, "focal-deep-weakness")}
+    assert codes("cerebral-edema-astct-answer") == {(cartox, c) for c in (
+        "focal-local-edema", "diffuse-edema", "decerebrate-or-decorticate-posturing",
+        "cranial-nerve-vi-palsy", "papilledema", "cushings-triad")}
 
 
 def _canonical_refs(obj):

@@ -581,18 +581,38 @@ def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, 
     bands = _bands(spec["bands"], c)
     latest_only = spec.get("mode", "worst") == "latest"
     unknown_when_missing = spec.get("missing", "unknown") == "unknown"
+    ages = spec.get("for_ages", {})
+    from_years = c.number(ages["from_years"]) if "from_years" in ages else None
+    below_years = c.number(ages["below_years"]) if "below_years" in ages else None
+
+    def age_fit(ctx: Context) -> bool | None:
+        """Whether the measurement is the patient's age-appropriate one (e.g. ICE from 12, CAPD below)."""
+        age = ctx.timeline.age_years()
+        if age is None or not ages:
+            return None if ages else True
+        return (from_years is None or age >= from_years) and (below_years is None or age < below_years)
 
     def evaluate(ctx: Context, window: Window) -> Result:
         facts = _in_window(ctx.timeline, concept, window)
+        name = ctx.terminology.display(concept)
+        fits = age_fit(ctx)
         if not facts:
+            if fits is False:
+                return Result(0)  # not the scale for this patient's age: its absence is not missing data
             if unknown_when_missing:
-                return Result(None, missing=f"no {ctx.terminology.display(concept)} recorded in {_describe(ctx, window)}")
+                unknown_age = " (age unknown: which scale applies cannot be told)" if fits is None else ""
+                return Result(None, missing=f"no {name} recorded in {_describe(ctx, window)}{unknown_age}")
             return Result(0)
+        notes: tuple[str, ...] = ()
+        if fits is False:
+            notes = (f"{name} recorded at age {ctx.timeline.age_years()}, outside its usual age band: counted as recorded",)
+        elif fits is None:
+            notes = (f"age unknown: {name} counted as recorded",)
         scored = [(_band_level(bands, f.value), f) for f in (facts[-1:] if latest_only else facts)]
         top = max(level for level, _ in scored)
         evidence = tuple(f for level, f in scored if level == top) if top else (facts[-1],)
         positive = [f.time for level, f in scored if level > 0]
-        return Result(float(top), evidence, min(positive, default=None), max(positive, default=None))
+        return Result(float(top), evidence, min(positive, default=None), max(positive, default=None), notes)
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
         return [f.time for f in _in_window(ctx.timeline, concept, window) if _band_level(bands, f.value) > 0]
@@ -665,7 +685,9 @@ CONDITION_TYPES: dict[str, ConditionType] = {
          "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING}),
     "measurement_level": ConditionType(
         measurement_level, ("concept", "bands"),
-        {"concept": {"type": "string"}, "bands": _BANDS, "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING}),
+        {"concept": {"type": "string"}, "bands": _BANDS, "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING,
+         "for_ages": {"type": "object", "additionalProperties": False,
+                      "properties": {"from_years": _NUMBER, "below_years": _NUMBER}}}),
 }
 
 

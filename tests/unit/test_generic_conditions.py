@@ -112,3 +112,22 @@ def test_measurement_level_latest_mode(run):
 def test_measurement_level_missing_is_unknown(run):
     result = run(TEMPERATURE_BANDS)
     assert result.value is None and "temperature" in result.missing
+
+
+AGE_BANDED = {**TEMPERATURE_BANDS, "for_ages": {"from_years": 12}}
+
+
+def test_measurement_level_outside_its_age_band_absent_is_not_missing(run):
+    result = run(AGE_BANDED, birth_date=date(2018, 1, 1))
+    assert result.value == 0 and result.missing is None
+
+
+def test_measurement_level_outside_its_age_band_recorded_is_counted_and_noted(run):
+    result = run(AGE_BANDED, [temperature(39.4, at(2))], birth_date=date(2018, 1, 1))
+    assert result.value == 2.0
+    assert any("outside its usual age band" in note for note in result.notes)
+
+
+def test_measurement_level_age_unknown_says_so(run):
+    assert "age unknown" in run(AGE_BANDED, birth_date=None).missing
+    assert any("age unknown" in note for note in run(AGE_BANDED, [temperature(38.2, at(2))], birth_date=None).notes)

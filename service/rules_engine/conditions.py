@@ -598,7 +598,7 @@ def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, 
         fits = age_fit(ctx)
         if not facts:
             if fits is False:
-                return Result(0)  # not the scale for this patient's age: its absence is not missing data
+                return Result(None)  # not the scale for this age: not applicable (unknown, but nothing is missing)
             if unknown_when_missing:
                 unknown_age = " (age unknown: which scale applies cannot be told)" if fits is None else ""
                 return Result(None, missing=f"no {name} recorded in {_describe(ctx, window)}{unknown_age}")

@@ -30,7 +30,8 @@ def compile_expression(spec: Any, criteria: Mapping[str, Compiled], rule_id: str
         def criterion(ctx: Context, window: Window) -> tuple[bool | None, list[Reason], list[str]]:
             result = ctx.result(name, window)
             if result.value is None:
-                return None, [], [name]
+                # unknown: missing data (named) or not applicable (nothing to name: it weighs as false in any)
+                return None, [], [name] if result.missing else []
             truth = result.value >= at_least if at_least is not None else bool(result.value)
             return truth, [Reason(name, label, result.value, result.evidence)], []
 

@@ -117,9 +117,9 @@ def test_measurement_level_missing_is_unknown(run):
 AGE_BANDED = {**TEMPERATURE_BANDS, "for_ages": {"from_years": 12}}
 
 
-def test_measurement_level_outside_its_age_band_absent_is_not_missing(run):
+def test_measurement_level_outside_its_age_band_absent_is_not_applicable(run):
     result = run(AGE_BANDED, birth_date=date(2018, 1, 1))
-    assert result.value == 0 and result.missing is None
+    assert result.value is None and result.missing is None  # unknown, but no data is missing
 
 
 def test_measurement_level_outside_its_age_band_recorded_is_counted_and_noted(run):

@@ -206,6 +206,7 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
     medications = c.medications(spec["medications"])
     lapse = timedelta(hours=c.number(spec["lapse_hours"]))
     renewed_by = list(spec.get("renewed_by", []))
+    renewal_window = timedelta(hours=c.number(spec["renewal_window_hours"]))
     label = spec.get("label", spec["_name"])
 
     def therapies(ctx: Context, window: Window) -> tuple[datetime | None, list[Administration]]:
@@ -217,11 +218,15 @@ def therapy_after_onset(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator
         return onset.first_positive, given
 
     def evidence_times(ctx: Context, onset_time: datetime) -> list[datetime]:
-        """Times of CRS evidence (fever, hypotension, hypoxia) since onset, computed once per request."""
+        """Times since onset at which a renewing criterion holds over the window ending there (a candidate time
+        alone is not evidence: one low pressure reading is not sustained hypotension); once per request."""
         key = (spec["_name"] + "#evidence", onset_time, ctx.timeline.as_of)
         if key not in ctx.cache:
             since_onset = Window(onset_time, ctx.timeline.as_of)
-            ctx.cache[key] = sorted({t for name in renewed_by for t in ctx.criteria[name].candidate_times(ctx, since_onset)})
+            ctx.cache[key] = sorted({
+                t for name in renewed_by for t in ctx.criteria[name].candidate_times(ctx, since_onset)
+                if ctx.result(name, Window(t - renewal_window, t)).truth
+            })
         return ctx.cache[key]
 
     def evaluate(ctx: Context, window: Window) -> Result:
@@ -261,8 +266,9 @@ def concurrent_administrations(spec: Mapping[str, Any], c: Compiler) -> tuple[Ev
         for anchor in running:
             moment = max(anchor.time, window.start)
             # An infusion that ends as another starts is a switch, not two agents at once.
+            # An open infusion (no end) is still running at the window's end.
             at_once = [a for a in running
-                       if a.time <= moment and (moment < a.end_or(window.end) or a.time == moment)]
+                       if a.time <= moment and (a.end is None or moment < a.end or a.time == moment)]
             agents = {a.concept for a in at_once}
             if len(agents) > len({a.concept for a in best}):
                 best = at_once
@@ -653,8 +659,9 @@ CONDITION_TYPES: dict[str, ConditionType] = {
     "first_occurrence": ConditionType(
         first_occurrence, ("criterion",), {"criterion": {"type": "string"}, "since": {"const": "day_zero"}}),
     "therapy_after_onset": ConditionType(
-        therapy_after_onset, ("onset", "medications", "lapse_hours"),
-        {"onset": {"type": "string"}, "medications": _NAMES, "lapse_hours": _NUMBER, "renewed_by": _STRINGS}),
+        therapy_after_onset, ("onset", "medications", "lapse_hours", "renewal_window_hours"),
+        {"onset": {"type": "string"}, "medications": _NAMES, "lapse_hours": _NUMBER, "renewed_by": _STRINGS,
+         "renewal_window_hours": _NUMBER}),
     "concurrent_administrations": ConditionType(concurrent_administrations, ("medications",), {"medications": _NAMES}),
     "sustained_measurement": ConditionType(
         sustained_measurement, ("concept", "comparator", "threshold", "min_readings", "min_span_minutes"),

@@ -86,6 +86,7 @@ class GradingRule:
         rule_id = document["id"]
         self.params = params
         self.criteria = {name: compile_criterion(name, spec, compiler) for name, spec in document["criteria"].items()}
+        self.observed = frozenset(compiler.observed)  # the observation concepts its criteria read
         grading = document["grading"]
         self.window_hours = compiler.number(grading["window_hours"])
         self.presentation = Presentation.compile(document.get("presentation", {}), self.criteria, params, rule_id)
@@ -200,6 +201,18 @@ class GradingRule:
             grade = self.grade_only(ctx, window)
             if (grade or 0) > (best_grade or 0) or (best_grade is None and grade is not None):
                 best_grade, best_window = grade, window
+        if best_grade is None:
+            # Nothing positive since day 0 and the current window cannot be assessed: any window with data
+            # makes the maximum grade 0 rather than "not assessable" (the latest such window is shown).
+            timeline = ctx.timeline
+            times = {t for concept in self.observed
+                     for t in (*timeline.measurement_times.get(concept, ()), *timeline.coded_times.get(concept, ()))
+                     if span.start < t <= as_of}
+            for end in sorted(times, reverse=True):
+                window = Window(max(end - self.window, span.start), end)
+                if self.grade_only(ctx, window) is not None:
+                    best_window = window
+                    break
         best = current if best_window == current.window else self.grade(ctx, best_window)
         return best
 

@@ -40,7 +40,7 @@ FEVER = {"type": "measurement_threshold", "concept": "body-temperature", "compar
 ONSET = {"type": "first_occurrence", "criterion": "fever", "since": "day_zero"}
 WAIVER = {"type": "therapy_after_onset", "onset": "onset",
           "medications": ["anti-cytokine", "systemic-corticosteroid", "antipyretic"],
-          "lapse_hours": {"param": "waiver_lapse_hours"}, "renewed_by": ["fever"]}
+          "lapse_hours": {"param": "waiver_lapse_hours"}, "renewed_by": ["fever"], "renewal_window_hours": 24}
 PRESSORS = {"type": "concurrent_administrations", "medications": ["norepinephrine", "epinephrine", "phenylephrine", "dopamine"]}
 SYSTOLIC_BY_AGE = {"by_age": [{"below_years": 1, "value": 70}, {"below_years": 10, "value": 70, "per_year": 2}],
                    "default": {"param": "adult_systolic_mmhg"}}

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 CODE_STATUSES = ("v", "s", "u")
+PRESENCE = "presence"  # the value set saying whether an Observation coded as a finding found it (present | absent)
+
+# What an Observation.code is read as: Terminology.observation_targets maps a code to one of these.
+MEASUREMENT = "measurement"
+PANEL = "panel"
+CODED = "coded"
+FINDING = "finding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +36,7 @@ class MeasurementConcept:
     conversions: Mapping[str, UnitConversion]
     plausible_min: float
     plausible_max: float
+    integer: bool = False  # a score: whole numbers, valueInteger or valueQuantity in the canonical unit or none
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +103,33 @@ class Terminology:
     duration_conversions: Mapping[str, UnitConversion] = field(default_factory=dict)  # rateRatio denominators to h
     plausible_max_mg: Mapping[str, float] = field(default_factory=dict)  # medication concept -> largest single dose
     panel_components: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # empty = any
+    # Scores and coded assessments: a dataAbsentReason records the assessment as not performed (a fact).
+    assessments: frozenset[str] = frozenset()
+    finding_by_code: Mapping[tuple[str, str], str] = field(default_factory=dict)  # Observation or Condition code
+    procedure_by_code: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    route_by_code: Mapping[tuple[str, str], str] = field(default_factory=dict)  # dosage.route codings
+    route_text: TextMatcher = field(default_factory=lambda: TextMatcher.build({}))
+    presence: ValueSet | None = None  # value_sets.presence: the answers of an Observation coded as a finding
+
+    @cached_property
+    def observation_targets(self) -> Mapping[tuple[str, str], tuple[str, str | None, str | None]]:
+        """Observation code -> (what it is read as, concept, value set name), so that one lookup per coding
+        decides. A code listed twice is read with the priority measurement > panel > coded > finding."""
+        targets: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
+        targets.update((key, (FINDING, concept, PRESENCE)) for key, concept in self.finding_by_code.items())
+        targets.update((key, (CODED, concept, values)) for key, (concept, values) in self.coded_by_code.items())
+        targets.update((key, (PANEL, None, None)) for key in self.panel_codes)
+        targets.update((key, (MEASUREMENT, concept, None)) for key, concept in self.measurement_by_code.items())
+        return targets
 
     def display(self, name: str) -> str:
         """A concept, value or canonical unit in clinical words (the id, de-hyphenated, when none is given)."""
         return self.displays.get(name) or name.replace("-", " ")
 
     def restricted_to(self, observed: frozenset[str]) -> "Terminology":
-        """The same terminology reading only the observation concepts some rule uses: Observations of the
-        others are listed as ignored codes instead of becoming facts nobody reads. A panel stays when one
-        of its components is read (or when its components are not listed)."""
+        """The same terminology reading only the concepts some rule uses (observations, scores, findings,
+        procedures): resources of the others are listed as ignored codes instead of becoming facts nobody
+        reads. A panel stays when one of its components is read (or when its components are not listed)."""
         return replace(
             self,
             measurement_by_code={k: v for k, v in self.measurement_by_code.items() if v in observed},
@@ -111,11 +138,14 @@ class Terminology:
                 key for key in self.panel_codes
                 if not self.panel_components.get(key) or self.panel_components[key] & observed
             ),
+            finding_by_code={k: v for k, v in self.finding_by_code.items() if v in observed},
+            procedure_by_code={k: v for k, v in self.procedure_by_code.items() if v in observed},
         )
 
     def observation_codes(self) -> frozenset[tuple[str, str]]:
-        """Every (system, code) an Observation may carry to be read: measurement, coded and panel codes."""
-        return frozenset(self.measurement_by_code) | frozenset(self.coded_by_code) | self.panel_codes
+        """Every (system, code) an Observation may carry to be read: measurement (and score), coded, panel
+        and finding codes."""
+        return frozenset(self.observation_targets)
 
     def members(self, names: Iterable[str]) -> frozenset[str]:
         """Concept ids named directly or through a medication group."""
@@ -153,20 +183,20 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
     measurements: dict[str, MeasurementConcept] = {}
     measurement_by_code: dict[tuple[str, str], str] = {}
     all_codes: dict[str, tuple[CodeRef, ...]] = {}
-    for concept, spec in document["measurements"].items():
-        kind = kinds[spec["kind"]]
-        conversions = {
-            unit: UnitConversion(float(conv.get("offset", 0.0)), float(conv["factor"]))
-            for unit, conv in kind["units"].items()
-        }
+    # Scores are measurements in the `score` kind's unit: every condition on measurements reads them.
+    quantities = [(concept, spec, kinds[spec["kind"]], False) for concept, spec in document["measurements"].items()]
+    quantities += [(concept, spec, kinds["score"], True) for concept, spec in document.get("scores", {}).items()]
+    for concept, spec, kind, integer in quantities:
         displays[concept] = spec["display"]
         measurements[concept] = MeasurementConcept(
-            concept, kind["canonical"], conversions, float(spec["plausible"]["min"]), float(spec["plausible"]["max"])
+            concept, kind["canonical"], _conversions(kind), float(spec["plausible"]["min"]),
+            float(spec["plausible"]["max"]), integer,
         )
         refs = _codes(spec["codes"], systems)
         all_codes[concept] = tuple(refs)
         for ref in refs:
             measurement_by_code[(ref.system, ref.code)] = concept
+    assessments = set(document.get("scores", {}))
 
     panels = document.get("panels", [])
     panel_codes = frozenset((ref.system, ref.code) for ref in _codes(panels, systems))
@@ -189,10 +219,19 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
 
     coded_by_code: dict[tuple[str, str], tuple[str, str]] = {}
     for concept, spec in document.get("coded_observations", {}).items():
+        if "display" in spec:
+            displays[concept] = spec["display"]
+        if spec.get("assessment", False):
+            assessments.add(concept)
         refs = _codes(spec["codes"], systems)
         all_codes[concept] = tuple(refs)
         for ref in refs:
             coded_by_code[(ref.system, ref.code)] = (concept, spec["values"])
+
+    finding_by_code = _by_code(document.get("findings", {}), systems, displays, all_codes)
+    procedure_by_code = _by_code(document.get("procedures", {}), systems, displays, all_codes)
+    route_by_code = _by_code(document.get("routes", {}), systems, displays, all_codes)
+    route_synonyms = {word.lower(): concept for concept, spec in document.get("routes", {}).items() for word in spec.get("text", [])}
 
     medication_by_code: dict[tuple[str, str], str] = {}
     medication_codes: dict[str, tuple[CodeRef, ...]] = {}
@@ -233,7 +272,27 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
         duration_conversions=_conversions(kinds.get("duration")),
         plausible_max_mg=plausible_max_mg,
         panel_components=panel_components,
+        assessments=frozenset(assessments),
+        finding_by_code=finding_by_code,
+        procedure_by_code=procedure_by_code,
+        route_by_code=route_by_code,
+        route_text=TextMatcher.build(route_synonyms),
+        presence=value_sets.get(PRESENCE),
     )
+
+
+def _by_code(section: Mapping[str, Any], systems: Mapping[str, str], displays: dict[str, str],
+             all_codes: dict[str, tuple[CodeRef, ...]]) -> dict[tuple[str, str], str]:
+    """(system, code) -> concept of a section of concepts with a display and codes (findings, procedures,
+    routes), recording displays and code refs on the way."""
+    by_code: dict[tuple[str, str], str] = {}
+    for concept, spec in section.items():
+        displays[concept] = spec["display"]
+        refs = _codes(spec["codes"], systems)
+        all_codes[concept] = tuple(refs)
+        for ref in refs:
+            by_code[(ref.system, ref.code)] = concept
+    return by_code
 
 
 def _conversions(kind: Mapping[str, Any] | None) -> dict[str, UnitConversion]:

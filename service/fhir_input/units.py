@@ -36,6 +36,8 @@ def conversion_for(quantity: Quantity, concept: MeasurementConcept, terminology:
     """The UCUM code sent and its conversion to the concept's canonical unit. Depends only on the unit
     fields, so callers may cache it per (code, system, unit)."""
     code = unit_code(quantity, terminology)
+    if code is None and concept.integer:  # a score needs no unit: its canonical unit is "points"
+        code = concept.canonical_unit
     if code is None:
         return Rejected("dropped-unit", "value has no unit")
     conversion = concept.conversions.get(code)
@@ -45,6 +47,8 @@ def conversion_for(quantity: Quantity, concept: MeasurementConcept, terminology:
 
 
 def implausible(sent: float, code: str, value: float, concept: MeasurementConcept) -> Rejected | None:
+    if concept.integer:
+        return _implausible_score(value, concept)
     if concept.plausible_min <= value <= concept.plausible_max:
         return None
     return Rejected(
@@ -64,3 +68,11 @@ def normalise(quantity: Quantity, concept: MeasurementConcept, terminology: Term
     code, conversion = resolved
     value = conversion.apply(quantity.value)
     return implausible(quantity.value, code, value, concept) or Normalised(value, concept.canonical_unit)
+
+
+def _implausible_score(value: float, concept: MeasurementConcept) -> Rejected | None:
+    if not value.is_integer():
+        return Rejected("dropped-implausible", f"{value:g} is not a whole number of points")
+    if concept.plausible_min <= value <= concept.plausible_max:
+        return None
+    return Rejected("dropped-implausible", f"{value:g} is outside the score's range {concept.plausible_min:g}–{concept.plausible_max:g}")

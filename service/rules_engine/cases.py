@@ -39,6 +39,15 @@ _OBSERVATIONS = {
 }
 
 
+CARTOX = "http://cartox.example.org/fhir/CodeSystem/cartox"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+# Compact neurological assessments (fhir_profiles: cartox-ice-score, cartox-loc-observation ...).
+_SCORES = {"ice": "ice-total", "capd": "capd-total"}
+_ANSWERS = {"loc": "loc-astct", "seizure": "seizure-astct", "motor": "motor-weakness-astct", "edema": "cerebral-edema-astct"}
+
+
 class CaseFailure(AssertionError):
     pass
 
@@ -106,6 +115,35 @@ def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
                 {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]}, "valueQuantity": _quantity(diastolic, "mm[Hg]")},
             ],
         }
+    for key, code in _SCORES.items():
+        if key in item:  # a score, or "not-done" (dataAbsentReason not-performed)
+            resource = {"resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
+                        "code": {"coding": [{"system": CARTOX, "code": code}]}, "subject": subject, **_effective(item)}
+            if item[key] == "not-done":
+                resource["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-performed"}],
+                                                "text": item.get("reason", "not performed")}
+            else:
+                resource["valueInteger"] = item[key]
+            return resource
+    for key, code in _ANSWERS.items():
+        if key in item:
+            return {"resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
+                    "code": {"coding": [{"system": CARTOX, "code": code}]}, "subject": subject, **_effective(item),
+                    "valueCodeableConcept": {"coding": [{"system": CARTOX, "code": item[key]}]}}
+    if "finding" in item:  # a SNOMED CT finding as a Condition (onset, optional abatement) or an Observation
+        coding = {"coding": [{"system": SNOMED, "code": str(item["finding"])}]}
+        if item.get("as") == "observation":
+            return {"resourceType": "Observation", "id": rid, "status": item.get("status", "final"), "code": coding,
+                    "subject": subject, **_effective(item), "valueBoolean": True}
+        condition: dict[str, Any] = {
+            "resourceType": "Condition", "id": rid, "code": coding, "subject": subject,
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": item.get("clinical", "active")}]},
+            "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": item.get("verification", "confirmed")}]},
+            "onsetDateTime": _time(item["at"]),
+        }
+        if "abated" in item:
+            condition["abatementDateTime"] = _time(item["abated"])
+        return condition
     if "device" in item:
         return {
             "resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
@@ -225,8 +263,8 @@ def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
         "notes_include": lambda v: _include_text("grade notes", finding.current.notes + finding.maximum.notes, v),
         "input_notes_include": lambda v: _include("input notes", [n.code for n in outcome.timeline.notes], v),
         "day_zero_known": lambda v: _expect_equal("day 0 known", finding.day_zero_known, v),
-        "cards": lambda v: _expect_equal("number of cards", len(outcome.cards), v),
-        "card_indicator": lambda v: _expect_equal("card indicator", outcome.cards[0]["indicator"] if outcome.cards else None, v),
+        "cards": lambda v: _expect_equal("number of cards", len(_cards_of(outcome, finding)), v),
+        "card_indicator": lambda v: _expect_equal("card indicator", next((c["indicator"] for c in _cards_of(outcome, finding)), None), v),
         "plan": lambda v: _check_plan(outcome, graded_rule, v),
     }
     for key, value in expect.items():
@@ -235,6 +273,11 @@ def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
         if key not in checks:
             raise CaseFailure(f"unknown expectation {key!r}")
         checks[key](value)
+
+
+def _cards_of(outcome: Outcome, finding) -> list[dict[str, Any]]:
+    """The cards of the case's rule (a bundle may give cards of other rules too)."""
+    return [card for card in outcome.cards if card["source"]["topic"]["code"] == finding.rule.assessment_code]
 
 
 def _include(what: str, actual: list[str], expected: list[str]) -> None:

@@ -106,6 +106,12 @@ class Compiler:
         self.observed.add(concept)
         return concept
 
+    def finding(self, concept: str) -> str:
+        if concept not in set(self.terms.finding_by_code.values()):
+            raise RulesError(self.rule_id, f"unknown finding concept {concept!r}")
+        self.observed.add(concept)
+        return concept
+
     def threshold(self, spec: Any) -> Callable[[int | None], tuple[float, str | None]]:
         """A fixed threshold, or one by age band: returns (value, note about the age used)."""
         spec = self.value(spec)
@@ -580,6 +586,14 @@ def coded_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, Candid
     return evaluate, candidates
 
 
+def _not_performed(ctx: Context, concept: str, window: Window) -> Any:
+    """The latest record of the assessment as not done in the window, if any."""
+    records = ctx.timeline.not_performed.get(concept, ())
+    times = ctx.timeline.not_performed_times.get(concept, ())
+    inside = records[bisect_right(times, window.start): bisect_right(times, window.end)]
+    return inside[-1] if inside else None
+
+
 def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
     """A measurement (a score or a value) banded into levels: the worst level in the window, or the latest
     reading's. Bands are above < value <= up_to."""
@@ -605,6 +619,9 @@ def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, 
         if not facts:
             if fits is False:
                 return Result(None)  # not the scale for this age: not applicable (unknown, but nothing is missing)
+            undone = _not_performed(ctx, concept, window)
+            if undone is not None:  # recorded as not done: reported with its reason, never graded
+                return Result(None, missing=f"{name} not performed ({undone.reason}) at {ctx.timeline.local(undone.time)}")
             if unknown_when_missing:
                 unknown_age = " (age unknown: which scale applies cannot be told)" if fits is None else ""
                 return Result(None, missing=f"no {name} recorded in {_describe(ctx, window)}{unknown_age}")
@@ -622,6 +639,45 @@ def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, 
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
         return [f.time for f in _in_window(ctx.timeline, concept, window) if _band_level(bands, f.value) > 0]
+
+    return evaluate, candidates
+
+
+_INACTIVE = frozenset({"inactive", "remission", "resolved"})
+
+
+def finding_present(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    """Clinical findings (a Condition active in the window between onset and abatement, or an Observation
+    coded as the finding) mapped to a level (finding -> level table). Findings lack the detail of the rule's
+    own assessments, so a positive result says so in `incomplete` (the rule's words)."""
+    levels = {c.finding(name): int(level) for name, level in spec["levels"].items()}
+    incomplete_text = spec.get("incomplete")
+
+    def active(ctx: Context, window: Window) -> list[tuple[int, Any]]:
+        found = []
+        for concept, level in levels.items():
+            for fact in ctx.timeline.findings.get(concept, ()):
+                if fact.time > window.end:
+                    break
+                end = fact.end if fact.end is not None else (fact.time if fact.clinical_status in _INACTIVE else None)
+                if end is None or end > window.start or (end == fact.time and window.contains(fact.time)):
+                    found.append((level, fact))
+        return found
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        found = active(ctx, window)
+        if not found:
+            return Result(0)
+        top = max(level for level, _ in found)
+        evidence = tuple(fact for level, fact in found if level == top)
+        incomplete = None
+        if incomplete_text:
+            incomplete = f"{incomplete_text}: " + ", ".join(dict.fromkeys(ctx.terminology.display(f.concept) for f in evidence))
+        times = [f.time for _, f in found]
+        return Result(float(top), evidence, min(times), max(times), incomplete=incomplete)
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        return [max(f.time, window.start + _INSTANT) for level, f in active(ctx, window) if level > 0]
 
     return evaluate, candidates
 
@@ -686,6 +742,10 @@ CONDITION_TYPES: dict[str, ConditionType] = {
          "fio2_applies_to": _STRINGS, "fio2_bands": _BANDS, "device_recency_hours": _NUMBER,
          "baseline_days_before_day_zero": _NUMBER, "missing": _MISSING}),
     "age_band": ConditionType(age_band, (), {"from_years": _NUMBER, "below_years": _NUMBER}),
+    "finding_present": ConditionType(
+        finding_present, ("levels",),
+        {"levels": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 0}},
+         "incomplete": {"type": "string"}}),
     "coded_level": ConditionType(
         coded_level, ("concept", "levels"),
         {"concept": {"type": "string"}, "levels": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},

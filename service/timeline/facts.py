@@ -69,7 +69,7 @@ class NotPerformed:
 
 
 @dataclass(frozen=True, slots=True)
-class Finding:
+class ClinicalFinding:
     """A clinical finding present from `time` (a Condition's onset, or the effective time of an Observation
     coded as the finding). `end` None = no end recorded: the finding lasts unless `clinical_status` says it
     is inactive, in remission or resolved; a point-in-time Observation ends when it starts."""
@@ -97,7 +97,7 @@ class ProcedurePerformed:
     date_only: bool = False
 
 
-Fact = Measurement | CodedValue | Administration | NotPerformed | Finding | ProcedurePerformed
+Fact = Measurement | CodedValue | Administration | NotPerformed | ClinicalFinding | ProcedurePerformed
 
 
 def _time_of(fact: Fact) -> datetime:
@@ -155,7 +155,7 @@ class Timeline:
     input_references: frozenset[str] = field(default=frozenset())
     partial_data: tuple[str, ...] = field(default=())  # why the data may be incomplete (e.g. an unfetched next page)
     # Indexed like measurements (sorted by time, with the times for bisect).
-    findings: Mapping[str, tuple[Finding, ...]] = field(default_factory=dict)
+    findings: Mapping[str, tuple[ClinicalFinding, ...]] = field(default_factory=dict)
     finding_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
     procedures: Mapping[str, tuple[ProcedurePerformed, ...]] = field(default_factory=dict)
     procedure_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
@@ -210,7 +210,7 @@ _INDEXED: dict[type, tuple[str, str | None]] = {
     Measurement: ("measurements", "measurement_times"),
     CodedValue: ("coded", "coded_times"),
     Administration: ("administrations", None),
-    Finding: ("findings", "finding_times"),
+    ClinicalFinding: ("findings", "finding_times"),
     ProcedurePerformed: ("procedures", "procedure_times"),
     NotPerformed: ("not_performed", "not_performed_times"),
 }

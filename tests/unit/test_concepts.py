@@ -279,6 +279,10 @@ def _all_code_entries(document):
     for concept, spec in document["medications"].items():
         for entry in spec.get("codes", []):
             yield f"medications.{concept}", entry
+    for section in ("scores", "findings", "procedures", "routes"):
+        for concept, spec in document.get(section, {}).items():
+            for entry in spec["codes"]:
+                yield f"{section}.{concept}", entry
 
 
 def test_every_code_in_concepts_yaml_has_a_status(document):
@@ -382,3 +386,90 @@ def test_observation_codes_of_the_input_terminology(rule_set):
     assert (LOINC, "8310-5") in codes and (LOINC, "3150-0") in codes and (LOINC, "107117-4") in codes
     assert (LOINC, "85354-9") in codes
     assert (LOINC, "8462-4") not in codes  # diastolic pressure: no rule reads it
+
+
+# --- ICANS inputs: scores, coded assessments, findings, procedures, routes --------------------------------------
+
+@pytest.mark.parametrize(
+    "concept, low, high",
+    [("ice-total", 0, 10), ("ice-orientation", 0, 4), ("ice-naming", 0, 3), ("ice-commands", 0, 1), ("ice-writing", 0, 1),
+     ("ice-attention", 0, 1), ("capd-total", 0, 32)],
+)
+def test_scores_are_whole_number_measurements_with_their_range(terminology, concept, low, high):
+    spec = terminology.measurements[concept]
+    assert (spec.plausible_min, spec.plausible_max, spec.canonical_unit, spec.integer) == (low, high, "{score}", True)
+    assert terminology.measurement_by_code[(CARTOX_CS, concept)] == concept
+    assert concept in terminology.assessments
+    assert terminology.display(concept) != concept.replace("-", " ")  # a display of its own
+
+
+def test_ice_items_add_up_to_the_total(terminology):
+    items = ("ice-orientation", "ice-naming", "ice-commands", "ice-writing", "ice-attention")
+    assert sum(terminology.measurements[item].plausible_max for item in items) == terminology.measurements["ice-total"].plausible_max
+
+
+def test_measurements_are_not_scores(terminology):
+    assert not any(spec.integer for concept, spec in terminology.measurements.items() if concept not in terminology.assessments)
+    assert "oxygen-delivery-device" not in terminology.assessments
+
+
+@pytest.mark.parametrize(
+    "concept, value_set, answers",
+    [
+        ("loc-astct", "consciousness-levels", {"alert", "awakens-spontaneously", "awakens-to-voice", "awakens-to-tactile", "unarousable"}),
+        ("seizure-astct", "seizure-kinds", {"rapidly-resolving", "eeg-resolved-with-intervention", "prolonged-or-repetitive"}),
+        ("motor-weakness-astct", "motor-findings", {"focal-deep-weakness"}),
+        ("cerebral-edema-astct", "cerebral-edema-signs", {"focal-local-edema", "diffuse-edema", "decerebrate-or-decorticate-posturing",
+                                                          "cranial-nerve-vi-palsy", "papilledema", "cushings-triad"}),
+    ],
+)
+def test_icans_coded_assessments_answer_from_the_cartox_code_system(terminology, concept, value_set, answers):
+    assert terminology.coded_by_code[(CARTOX_CS, concept)] == (concept, value_set)
+    assert concept in terminology.assessments
+    by_code = terminology.value_sets[value_set].by_code
+    assert {answer: by_code[(CARTOX_CS, answer)] for answer in answers} == {answer: answer for answer in answers}
+    assert set(by_code.values()) == answers
+    assert all(terminology.display(answer) for answer in answers)
+
+
+@pytest.mark.parametrize(
+    "code, concept",
+    [("91175000", "seizure"), ("423341008", "optic-disc-edema"), ("2032001", "cerebral-edema"),
+     ("26079004", "tremor"), ("17450006", "myoclonus"), ("1386000", "intracranial-hemorrhage")],
+)
+def test_snomed_findings_are_concepts_of_their_own(terminology, document, code, concept):
+    assert terminology.finding_by_code[(SNOMED, code)] == concept
+    assert [entry["status"] for entry in document["findings"][concept]["codes"]] == ["s"]
+    assert terminology.display(concept) == document["findings"][concept]["display"]
+
+
+def test_finding_observation_codes_are_observation_codes(terminology):
+    assert (SNOMED, "91175000") in terminology.observation_codes()
+    assert terminology.observation_targets[(SNOMED, "91175000")] == ("finding", "seizure", "presence")
+    assert terminology.observation_targets[(CARTOX_CS, "ice-total")] == ("measurement", "ice-total", None)
+
+
+def test_presence_answers(terminology):
+    assert set(terminology.presence.by_code.values()) == {"present", "absent"}
+    assert terminology.presence.text.match("No") == "absent"
+    assert terminology.presence.text.match("not present") == "absent"
+    assert terminology.presence.text.match("present") == "present"
+
+
+def test_procedures_and_routes(terminology):
+    assert terminology.procedure_by_code[(SNOMED, "54550000")] == "electroencephalography"
+    assert {terminology.route_by_code[(SNOMED, code)] for code in ("47625008", "26643006", "34206005", "78421000")} == {
+        "intravenous", "oral", "subcutaneous", "intramuscular"}
+    assert terminology.route_text.match("IV bolus") == "intravenous"
+
+
+def test_new_concepts_are_cut_from_the_input_terminology_until_a_rule_reads_them(rule_set):
+    """Nothing reads scores, ICANS answers, findings or procedures yet: they are listed as ignored input."""
+    terms = rule_set.input_terminology
+    assert (CARTOX_CS, "ice-total") not in terms.observation_codes()
+    assert (CARTOX_CS, "loc-astct") not in terms.observation_codes()
+    assert terms.finding_by_code == {} and terms.procedure_by_code == {}
+    read = rule_set.terminology.restricted_to(frozenset({"ice-total", "seizure", "electroencephalography"}))
+    assert {(CARTOX_CS, "ice-total"), (SNOMED, "91175000")} <= read.observation_codes()
+    assert read.procedure_by_code == {(SNOMED, "54550000"): "electroencephalography"}
+    assert read.route_by_code == rule_set.terminology.route_by_code  # an attribute of administrations, always read

@@ -22,7 +22,7 @@ def _valid(fhir) -> bytes:
         fhir.patient(),
         {"resourceType": "Encounter", "id": "e1", "status": "in-progress"},
         fhir.observation("t1", "8310-5", "2026-03-05T08:00:00+01:00", fhir.quantity(38.4, "Cel", "Cel")),
-        {"resourceType": "Condition", "id": "c1"},
+        {"resourceType": "AllergyIntolerance", "id": "al1"},
         fhir.administration("cart", "2026-03-02T10:00:00+01:00", text="Yescarta"),
         fhir.medication("m1", "tocilizumab"),
         {"resourceType": "Encounter", "id": "e2"},
@@ -31,7 +31,7 @@ def _valid(fhir) -> bytes:
 
 
 def test_used_types():
-    assert USED_TYPES == {"Patient", "Observation", "MedicationAdministration", "Medication"}
+    assert USED_TYPES == {"Patient", "Observation", "MedicationAdministration", "Medication", "Condition", "Procedure"}
 
 
 def test_valid_bundle_decodes_used_types_and_lists_ignored_ones(fhir):
@@ -40,7 +40,7 @@ def test_valid_bundle_decodes_used_types_and_lists_ignored_ones(fhir):
     assert [(e.index, e.resource.resourceType) for e in decoded.entries] == [
         (0, "Patient"), (2, "Observation"), (4, "MedicationAdministration"), (5, "Medication")
     ]
-    assert decoded.ignored_types == {"Encounter": [1, 6], "Condition": [3], "MedicationStatement": [7]}
+    assert decoded.ignored_types == {"Encounter": [1, 6], "AllergyIntolerance": [3], "MedicationStatement": [7]}
 
 
 def test_decoded_fields(fhir):
@@ -136,11 +136,11 @@ def test_valid_bundle_with_other_shapes_in_unused_types(fhir):
 def test_same_wrong_shape_in_unused_type_does_not_raise(fhir):
     """MedicationStatement.dosage is a list in R4 (unlike MedicationAdministration.dosage)."""
     statement = {"resourceType": "MedicationStatement", "id": "ms", "status": "active", "dosage": [{"text": "10 mg"}]}
-    cond = {"resourceType": "Condition", "id": "c", "code": [1, 2, 3], "subject": "Patient/p1"}
+    allergy = {"resourceType": "AllergyIntolerance", "id": "c", "code": [1, 2, 3], "patient": "Patient/p1"}
     temp = fhir.observation("t1", "8310-5", "2026-03-05T08:00:00Z", fhir.quantity(38.4, "Cel", "Cel"))
-    decoded = decode_bundle(fhir.bundle(statement, cond, temp))
+    decoded = decode_bundle(fhir.bundle(statement, allergy, temp))
     assert [e.index for e in decoded.entries] == [2]
-    assert decoded.ignored_types == {"MedicationStatement": [0], "Condition": [1]}
+    assert decoded.ignored_types == {"MedicationStatement": [0], "AllergyIntolerance": [1]}
 
 
 def test_wrong_resource_type_type(fhir):

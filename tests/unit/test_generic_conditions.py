@@ -131,3 +131,45 @@ def test_measurement_level_outside_its_age_band_recorded_is_counted_and_noted(ru
 def test_measurement_level_age_unknown_says_so(run):
     assert "age unknown" in run(AGE_BANDED, birth_date=None).missing
     assert any("age unknown" in note for note in run(AGE_BANDED, [temperature(38.2, at(2))], birth_date=None).notes)
+
+
+# --- finding_present ------------------------------------------------------------------------------------
+from service.timeline.facts import ClinicalFinding, NotPerformed  # noqa: E402
+
+FINDINGS = {"type": "finding_present", "levels": {"seizure": 3, "optic-disc-edema": 4},
+            "incomplete": "recorded as a finding without its severity"}
+
+
+def finding(concept: str, onset: datetime, end: datetime | None = None, clinical: str | None = "active") -> ClinicalFinding:
+    return ClinicalFinding(concept, onset, end, clinical, "confirmed", concept, f"Condition/{concept}-{onset:%d%H}")
+
+
+def test_finding_present_active_condition_counts_and_says_it_is_incomplete(run):
+    result = run(FINDINGS, [finding("seizure", at(3))])
+    assert result.value == 3.0
+    assert result.incomplete == "recorded as a finding without its severity: seizure"
+
+
+def test_finding_present_worst_finding(run):
+    assert run(FINDINGS, [finding("seizure", at(3)), finding("optic-disc-edema", at(40))]).value == 4.0  # onset before the window, still active
+
+
+def test_finding_present_abated_before_the_window_does_not_count(run):
+    assert run(FINDINGS, [finding("seizure", at(40), end=at(30))]).value == 0
+
+
+def test_finding_present_resolved_without_abatement_counts_only_at_its_onset(run):
+    assert run(FINDINGS, [finding("seizure", at(40), clinical="resolved")]).value == 0
+    assert run(FINDINGS, [finding("seizure", at(2), clinical="resolved")]).value == 3.0
+
+
+def test_finding_present_after_the_window_does_not_count(run):
+    assert run(FINDINGS, [finding("seizure", AS_OF + timedelta(hours=1))]).value == 0
+
+
+def test_measurement_level_reports_an_assessment_not_performed(run, terminology):
+    ice = {"type": "measurement_level", "concept": "ice-total", "bands": [{"above": -1, "up_to": 2, "level": 3}]}
+    undone = NotPerformed("ice-total", at(2), "patient unarousable", "not-performed", "Observation/ice1")
+    result = run(ice, [undone])
+    assert result.value is None
+    assert result.missing.startswith("ICE score not performed (patient unarousable) at ")

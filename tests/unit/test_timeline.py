@@ -435,8 +435,11 @@ def test_unknown_codes_counted_in_one_note(fhir, build):
 def test_ignored_resource_types_noted(fhir, build):
     body = fhir.bundle(fhir.patient(), {"resourceType": "Encounter", "id": "e1"}, {"resourceType": "Encounter", "id": "e2"},
                        {"resourceType": "Condition", "id": "c1"})
-    notes = {n.message: n.count for n in _notes(build(body), "ignored-resource-type")}
-    assert notes == {"Condition is not used by the rules": 1, "Encounter is not used by the rules": 2}
+    timeline = build(body)
+    notes = {n.message: n.count for n in _notes(timeline, "ignored-resource-type")}
+    assert notes == {"Encounter is not used by the rules": 2}
+    # Conditions are read (findings): one without a known code is an ignored code.
+    assert [n.message for n in _notes(timeline, "ignored-code")] == ["code (none) is not used by the rules"]
 
 
 # --- fluids: volume and rate --------------------------------------------------------------------------------

@@ -7,23 +7,28 @@ cytokine release syndrome (CRS) episode on days 2-6: fever from day 2 (peak
 39.6 °C on day 3), hypotension on the night of day 3 to day 4 treated with a
 saline bolus and a norepinephrine infusion, oxygen by nasal cannula on days 3-5
 with a few hours of non-rebreather mask on day 4, tocilizumab x2 on day 3 and
-dexamethasone on day 4.
+dexamethasone on day 4.  Neurological assessments (ICE score with its five
+items + level of consciousness, every 8 hours from day 0 14:00) show a mild
+ICANS episode (ICE 7-9, alert: ASTCT grade 1) from day 4 22:00 to day 6 14:00.
 
 Two sizes:
 
 * ``full``  - hourly vital signs from day -1 to day 29 (half-hourly on days
   2-6, the CRS episode), hourly oxygen records on days 3-5, daily labs from
-  day -5, four body weights, 59 MedicationAdministrations: ~4.3 MB of compact
-  JSON, ~4,900 Observations.  Data run past ``AS_OF`` (as in a full export).
-* ``small`` - the same patient cut to ~100 KB, ending at ``AS_OF``: every
+  day -5, four body weights, ICE + level of consciousness every 8 hours from
+  day 0, 59 MedicationAdministrations: ~4.5 MB of compact JSON, ~5,100
+  Observations.  Data run past ``AS_OF`` (as in a full export).
+* ``small`` - the same patient cut to ~110 KB, ending at ``AS_OF``: every
   medication given up to ``AS_OF`` (lymphodepletion, day-0 CAR-T, CRS
   treatment, norepinephrine infusion), the 36 hours of vitals/oxygen before
   ``AS_OF`` sampled every 4 hours (fever, hypotension and the non-rebreather
-  hour stay in view), the body weights and the last morning's labs.
+  hour stay in view), every neurological assessment of those 36 hours, the
+  body weights and the last morning's labs.
 
-Everything is derived from ``random.Random(seed)``, so the output is byte-for-
-byte reproducible for a given seed and size.  Standard library only: the tests
-import this file by path.
+Everything is derived from ``random.Random(seed)`` (the neurological
+assessments from a second RNG seeded from ``seed``, so that adding them left the
+other resources unchanged), so the output is byte-for-byte reproducible for a
+given seed and size.  Standard library only: the tests import this file by path.
 
 Usage::
 
@@ -66,6 +71,9 @@ SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+OBS_CATEGORY_DISPLAY = {"vital-signs": "Vital Signs", "laboratory": "Laboratory", "survey": "Survey",
+                        "exam": "Exam"}
+CARTOX_CS = "http://cartox.example.org/fhir/CodeSystem/cartox"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 SIZES = ("full", "small")
@@ -139,6 +147,36 @@ O2_METHOD = coding(LOINC, "107117-4", "Method of oxygen delivery")
 O2_FLOW = coding(LOINC, "3151-8", "Inhaled oxygen flow rate")
 NASAL_CANNULA = coding(SNOMED, "336623009", "Nasal cannula")
 NON_REBREATHER = coding(SNOMED, "427591007", "Non-rebreather mask")
+
+# Neurological assessments (ICANS input): codes of the cartox CodeSystem, as in
+# fhir_profiles/examples (profiles cartox-ice-score and cartox-loc-observation).
+ICE_TOTAL = coding(CARTOX_CS, "ice-total", "ICE score, total")
+#: ICE items: (code, display, maximum points); the maxima add up to 10.
+ICE_ITEMS = (
+    ("ice-orientation", "ICE score, orientation", 4),
+    ("ice-naming", "ICE score, naming", 3),
+    ("ice-commands", "ICE score, following commands", 1),
+    ("ice-writing", "ICE score, writing", 1),
+    ("ice-attention", "ICE score, attention", 1),
+)
+#: Points lost per item for an ICE total below 10 (alternatives picked by the RNG);
+#: the mild ICANS episode starts with dysgraphia, then naming / orientation.
+ICE_DEFICITS: dict[int, tuple[dict[str, int], ...]] = {
+    9: ({"ice-writing": 1}, {"ice-attention": 1}),
+    8: ({"ice-writing": 1, "ice-naming": 1}, {"ice-writing": 1, "ice-orientation": 1},
+        {"ice-writing": 1, "ice-attention": 1}),
+    7: ({"ice-writing": 1, "ice-naming": 1, "ice-orientation": 1},
+        {"ice-writing": 1, "ice-orientation": 2}),
+}
+ICE_DEFICIT_WORDS = {
+    "ice-orientation": "disoriented to date/place",
+    "ice-naming": "word-finding difficulty",
+    "ice-commands": "does not follow commands",
+    "ice-writing": "cannot write a standard sentence",
+    "ice-attention": "cannot count backwards from 100 by 10",
+}
+LOC_ASTCT = coding(CARTOX_CS, "loc-astct", "Level of consciousness (ASTCT ICANS)")
+LOC_ALERT = coding(CARTOX_CS, "alert", "Alert")
 
 ROUTE_IV = coding(SNOMED, "47625008", "Intravenous route")
 ROUTE_PO = coding(SNOMED, "26643006", "Oral route")
@@ -237,6 +275,13 @@ NOREPINEPHRINE = (at(4, 0, 30), at(4, 10, 30))
 OXYGEN = (at(3, 6), at(5, 23))               # nasal cannula, hourly records
 NON_REBREATHER_HOURS = (at(4, 2), at(4, 5))  # inclusive; 10 L/min
 HALF_HOURLY = (at(2), at(7))                 # closer monitoring during CRS
+# Neurological assessments (ICE + level of consciousness) every 8 h after the
+# infusion: 14:00, 22:00, 06:00 from day 0 14:00 to day 29 22:00.
+NEURO_FIRST = at(0, 14)
+NEURO_LAST = at(29, 22)
+NEURO_EVERY = dt.timedelta(hours=8)
+#: Mild ICANS (ICE 7-9, alert: ASTCT grade 1), inclusive; ICE 10 outside it.
+ICANS = (at(4, 22), at(6, 14))
 
 
 def _diurnal(t: dt.datetime) -> float:
@@ -315,7 +360,8 @@ def nasal_cannula_flow(t: dt.datetime) -> float:
 # Resource builder
 # --------------------------------------------------------------------------
 class BundleBuilder:
-    """Accumulates resources; all randomness goes through one seeded RNG."""
+    """Accumulates resources; all randomness goes through seeded RNGs (``self.rng``, and
+    a second one for the neurological assessments: see ``neuro``)."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -381,17 +427,21 @@ class BundleBuilder:
 
     # --- observations ------------------------------------------------------
     def observation(self, kind: str, category: str, code: JSON | list[JSON], text: str,
-                    effective: dt.datetime, issued_delay_s: int, performer: str) -> JSON:
-        """Observation skeleton shared by vitals and labs (value added by caller)."""
+                    effective: dt.datetime, issued_delay_s: int, performer: str,
+                    rng: random.Random | None = None) -> JSON:
+        """Observation skeleton shared by all observations (value added by caller).
+
+        ``rng`` (default: the builder's RNG) draws the ``meta.lastUpdated`` delay.
+        """
         issued = effective + dt.timedelta(seconds=issued_delay_s)
         codings = code if isinstance(code, list) else [code]
-        cat_display = "Vital Signs" if category == "vital-signs" else "Laboratory"
+        rng = rng or self.rng
         obs: JSON = {
             "resourceType": "Observation",
             "id": self.next_id(f"obs-{kind}"),
-            "meta": self.meta(issued + dt.timedelta(seconds=self.rng.randint(1, 40))),
+            "meta": self.meta(issued + dt.timedelta(seconds=rng.randint(1, 40))),
             "status": "final",
-            "category": [{"coding": [coding(OBS_CATEGORY, category, cat_display)]}],
+            "category": [{"coding": [coding(OBS_CATEGORY, category, OBS_CATEGORY_DISPLAY[category])]}],
             "code": {"coding": codings, "text": text},
             "subject": PATIENT_REF,
             "effectiveDateTime": iso(effective),
@@ -474,6 +524,47 @@ class BundleBuilder:
         obs = self.observation("o2", "vital-signs", O2_FLOW, "O2 flow", t,
                                rng.randint(20, 300), f"Practitioner/{nurse}")
         obs["valueQuantity"] = quantity(flow, "L/min", "L/min")
+        self.add(obs)
+
+    def neuro(self, seed: int) -> None:
+        """ICE score + level of consciousness every 8 h after the infusion (ICANS input).
+
+        Uses its own RNG derived from the seed, so the other resources (drawn
+        from ``self.rng``) are the same as without these assessments; ids are
+        ``obs-neuro-NNNNN`` (their own counter).
+        """
+        rng = random.Random(f"cartox-bench-neuro-{seed}")
+        slot = NEURO_FIRST
+        while slot <= NEURO_LAST:
+            self.neuro_assessment(slot, rng)
+            slot += NEURO_EVERY
+
+    def neuro_assessment(self, slot: dt.datetime, rng: random.Random) -> None:
+        """One bedside assessment: ICE total (with items) and LOC at the same minute."""
+        t = slot + dt.timedelta(minutes=rng.randint(0, 9))
+        nurse = f"Practitioner/{nurse_on_duty(slot)}"
+        total = 10
+        if ICANS[0] <= slot <= ICANS[1]:
+            r = rng.random()
+            total = 7 if r < 0.15 else 9 if r >= 0.85 else 8
+        lost = rng.choice(ICE_DEFICITS[total]) if total < 10 else {}
+
+        obs = self.observation("neuro", "survey", ICE_TOTAL, ICE_TOTAL["display"], t,
+                               rng.randint(120, 600), nurse, rng=rng)
+        obs["valueInteger"] = total
+        obs["component"] = [
+            {"code": {"coding": [coding(CARTOX_CS, code, display)], "text": display},
+             "valueInteger": points - lost.get(code, 0)}
+            for code, display, points in ICE_ITEMS
+        ]
+        if lost:
+            words = "; ".join(ICE_DEFICIT_WORDS[code] for code, _, _ in ICE_ITEMS if code in lost)
+            obs["note"] = [{"text": f"ICE {total}/10: {words}. Physician informed."}]
+        self.add(obs)
+
+        obs = self.observation("neuro", "exam", LOC_ASTCT, LOC_ASTCT["display"], t,
+                               rng.randint(20, 300), nurse, rng=rng)
+        obs["valueCodeableConcept"] = {"coding": [LOC_ALERT], "text": LOC_ALERT["display"]}
         self.add(obs)
 
     def weights(self) -> None:
@@ -620,6 +711,8 @@ def _keep_for_small(resource: JSON) -> bool:
         return True
     if start < AS_OF - SMALL_WINDOW:
         return False
+    if resource["code"]["coding"][0]["system"] == CARTOX_CS:
+        return True  # every neurological assessment of the window (one per 8 h)
     # Vital signs / oxygen: one nursing round every SMALL_VITALS_EVERY_H hours,
     # aligned so the round just before AS_OF is included.
     slot_hours = round((AS_OF - start.replace(minute=0)).total_seconds() / 3600)
@@ -636,6 +729,7 @@ def generate_bundle(seed: int = 7, size: str = "full") -> dict[str, Any]:
     # type like a typical $everything export.
     b.weights()
     b.vitals()
+    b.neuro(seed)  # own RNG: does not shift the draws of the other resources
     b.labs()
     b.medications()
     entries = b.entries

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Performance benchmark of the cartox evaluation pipeline.
 
-In process (always): for each generated Bundle variant (full ~4.3 MB, small
-~100 KB) and each response format ("cards", "fhir"), time
+In process (always): for each generated Bundle variant (full ~4.5 MB, small
+~110 KB) and each response format ("cards", "fhir"), time
 ``service.pipeline.evaluate_bytes`` against the floor of any JSON service,
 ``orjson.loads`` of the same bytes.  Both are timed back to back in every round
 so that drift (CPU frequency, other load) hits both alike; the figure of merit

@@ -125,7 +125,7 @@ def _rules_dir(directory: str | None) -> Path:
 @_DIR_OPTION
 def lint(directory: str | None) -> None:
     """Validate every rule file and case file against rules/schema and compile the rule set."""
-    from service.rules_engine.cases import load_cases
+    from service.rule_cases.cases import load_cases
     from service.rules_engine.load import case_files, load_rule_set
 
     path = _rules_dir(directory)
@@ -149,7 +149,7 @@ def lint(directory: str | None) -> None:
 @click.option("-k", "keyword", default=None, help="Only cases whose name contains this text.")
 def test(directory: str | None, keyword: str | None) -> None:
     """Run the named cases in rules/*.cases.yaml."""
-    from service.rules_engine.cases import CaseFailure, load_cases, run_case
+    from service.rule_cases.cases import CaseFailure, load_cases, run_case
     from service.rules_engine.load import case_files
 
     path = _rules_dir(directory)

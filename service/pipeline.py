@@ -104,20 +104,21 @@ class Engine:
         build_options = BuildOptions(self.settings.accept_preliminary, options.infusion, options.infusion_date_only)
         timeline = build_timeline(entries, self.rules.input_terminology, options.as_of, build_options, ignored_types)
         evaluation = self.rules.evaluate(timeline, guideline)
-        plans = {plan.finding.rule.rule_id: plan for plan in evaluation.plans}
-        resources: list[dict[str, Any]] = []
-        card_inputs: list[CardInput] = []
         key = (self.rules.version, timeline.patient or "-", options.as_of.isoformat(), guideline)
-        for finding in evaluation.findings:
-            plan = plans.get(finding.rule.rule_id)
-            ra_id = stable_id(*key, finding.rule.rule_id, finding_digest(finding))
-            ra = validated(risk_assessment(finding, timeline, self.output, ra_id, guideline, self.rules.terminology))
-            resources.append(ra)
-            cp = None
-            if plan is not None:
-                cp = validated(care_plan(plan, timeline, self.output, stable_id(*key, plan.rule_id), ra_id, self.rules.terminology))
-                resources.append(cp)
-            card_inputs.append(CardInput(finding, plan, ra, cp))
+        risk_assessments = {
+            finding.rule.rule_id: validated(risk_assessment(finding, timeline, self.output, stable_id(*key, finding.rule.rule_id, finding_digest(finding)),
+                                                            guideline, self.rules.terminology))
+            for finding in evaluation.findings
+        }
+        resources: list[dict[str, Any]] = list(risk_assessments.values())
+        combined = evaluation.care_plan
+        cp = None
+        if combined is not None:
+            ra_ids = {rule_id: ra["id"] for rule_id, ra in risk_assessments.items()}
+            cp_id = stable_id(*key, combined.rule_id, *(ra_ids[plan.finding.rule.rule_id] for plan in combined.plans))
+            cp = validated(care_plan(combined, timeline, self.output, cp_id, ra_ids, self.rules.terminology))
+            resources.append(cp)
+        card_inputs = [CardInput(finding, risk_assessments[finding.rule.rule_id], combined, cp) for finding in evaluation.findings]
         outcome = validated(operation_outcome_of_notes(timeline.notes, self.output, stable_id(*key, "input-notes")))
         cards = tuple(cards_for(card_inputs, timeline, self.output, self.rules.terminology))
         return Outcome(timeline, evaluation, tuple(resources), outcome, cards)

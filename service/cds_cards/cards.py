@@ -16,7 +16,8 @@ from service.cds_cards.markdown import Markdown, bullet_list, document, md, para
 from service.fhir_input.concepts import Terminology
 from service.fhir_output.build import OutputConfig, stable_id
 from service.fhir_output.wording import fact_text, grade_text, measurement_text, reason_text
-from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, Plan, PlannedAction
+from service.rules_engine.care_plan import CombinedPlan
+from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
 from service.rules_engine.model import Finding, Reason
 from service.timeline.facts import Fact, Measurement, Timeline
 
@@ -33,9 +34,14 @@ OVERRIDE_REASONS = (
 @dataclass(frozen=True)
 class CardInput:
     finding: Finding
-    plan: Plan | None
     risk_assessment: dict[str, Any]
-    care_plan: dict[str, Any] | None
+    plan: CombinedPlan | None  # the patient's one plan (every finding's), or None when nothing is recommended
+    care_plan: dict[str, Any] | None  # its CarePlan resource
+
+    @property
+    def leads(self) -> bool:
+        """This finding's card carries the patient's plan (the most severe finding with a plan)."""
+        return self.plan is not None and self.plan.lead.finding is self.finding
 
 
 def indicator(grade: int | None) -> str:
@@ -94,16 +100,23 @@ def _drug_line(action: PlannedAction) -> Markdown:
     return md("{}", action.description)
 
 
-def _plan_blocks(plan: Plan) -> list[Markdown]:
+def _plan_blocks(plan: CombinedPlan) -> list[Markdown]:
+    several = len(plan.plans) > 1
+
+    def line(action: PlannedAction) -> Markdown:
+        # a plan for several findings says which one each item is for
+        return md("{} ({})", _drug_line(action), action.driver) if several else _drug_line(action)
+
     now = [a for a in plan.actions if a.status == GIVE_NOW]
     conditional = [a for a in plan.actions if a.status == CONDITIONAL]
     blocked = [a for a in plan.actions if a.status == BLOCKED]
-    blocks = [paragraph(md("{} ({})", strong("Do now"), plan.guideline_id)),
-              bullet_list([_drug_line(a) for a in now] + [md("{}", note) for note in plan.notes])]
+    guidelines = ", ".join(dict.fromkeys(p.guideline_id for p in plan.plans))
+    blocks = [paragraph(md("{} ({})", strong("Do now"), guidelines)),
+              bullet_list([line(a) for a in now] + [md("{}", note) for note in plan.notes])]
     if conditional:
-        blocks += [paragraph(strong("Conditional")), bullet_list(_drug_line(a) for a in conditional)]
+        blocks += [paragraph(strong("Conditional")), bullet_list(line(a) for a in conditional)]
     if blocked:
-        blocks += [paragraph(strong("Do not give now (label limit)")), bullet_list(_drug_line(a) for a in blocked)]
+        blocks += [paragraph(strong("Do not give now (label limit)")), bullet_list(line(a) for a in blocked)]
     return blocks
 
 
@@ -149,8 +162,11 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
         blocks.append(onset)
     if not finding.day_zero_known:
         blocks.append(paragraph(md("Day 0 unknown: no CAR-T infusion in the data and no infusionDate given.")))
-    if item.plan is not None:
+    if item.leads and item.plan is not None:
         blocks += _plan_blocks(item.plan)
+    elif item.plan is not None:
+        lead = item.plan.lead.finding.rule.presentation.name
+        blocks.append(paragraph(md("{} see the {} card ({}).", strong("Management:"), lead, item.plan.title)))
     if current.reasons:
         blocks += [paragraph(md("{} (times {})", strong("Evidence"), timeline.offset_label)),
                    bullet_list(_evidence_line(finding, r, timeline, terms) for r in current.reasons[:EVIDENCE_LINES])]
@@ -166,8 +182,8 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
         blocks.append(paragraph(md("{}", words.caveat)))
     rule = finding.rule
     versions = f"Rule {rule.rule_id} {rule.rule_version}, rule set {finding.rule_set_version}, {rule.guideline_id}"
-    if item.plan is not None:
-        versions += f"; plan {item.plan.rule_id} {item.plan.rule_version}, {item.plan.guideline_id}"
+    if item.leads and item.plan is not None:
+        versions += "".join(f"; plan {p.rule_id} {p.rule_version}, {p.guideline_id}" for p in item.plan.plans)
     blocks.append(paragraph(md("{}.", versions)))
     return document(blocks)
 
@@ -182,13 +198,14 @@ def build_card(item: CardInput, timeline: Timeline, config: OutputConfig, terms:
         "description": f"Record the {name} assessment ({grade_text(finding.current.grade)})",
         "resource": ra,
     }]
-    if item.care_plan is not None and item.plan is not None:
+    carries_plan = item.leads and item.care_plan is not None and item.plan is not None
+    if carries_plan:
         actions.append({
             "type": "create",
-            "description": f"Propose the management plan ({item.plan.guideline_id})",
+            "description": f"Propose the management plan: {item.plan.title} ({item.plan.guideline_id})",
             "resource": item.care_plan,
         })
-    label = "Record assessment and proposed plan" if item.care_plan is not None else "Record assessment"
+    label = "Record assessment and proposed plan" if carries_plan else "Record assessment"
     return {
         "uuid": stable_id(ra["id"], "card"),
         "summary": summary(finding),
@@ -205,5 +222,12 @@ def build_card(item: CardInput, timeline: Timeline, config: OutputConfig, terms:
     }
 
 
+def _card_order(item: CardInput) -> tuple[int, int]:
+    """The card carrying the plan first, then the most severe; not assessable after every grade."""
+    grade = item.finding.current.grade
+    return (0 if item.leads else 1, -(grade if grade is not None else -1))
+
+
 def cards_for(items: list[CardInput], timeline: Timeline, config: OutputConfig, terms: Terminology) -> list[dict[str, Any]]:
-    return [build_card(item, timeline, config, terms) for item in items if item.finding.current.grade != 0]
+    shown = sorted((item for item in items if item.finding.current.grade != 0), key=_card_order)
+    return [build_card(item, timeline, config, terms) for item in shown]

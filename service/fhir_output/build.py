@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.operationoutcome import OperationOutcome
@@ -17,14 +17,15 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 
 from service.fhir_input.concepts import Terminology
 from service.fhir_output.wording import grade_text, reasons_text
-from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, Plan, PlannedAction
+from service.rules_engine.care_plan import CombinedPlan
+from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
 from service.rules_engine.model import Finding, GradeResult
 from service.timeline.facts import Fact, InputNote, Timeline
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
 _NAMESPACE = uuid.UUID("6f1d8f3e-9d6b-5c1e-9a57-2f0f3c7c5a11")
-_NON_DRUG_KIND = {"alert-icu": "CommunicationRequest"}
+_NON_DRUG_KIND = {"alert-icu": "CommunicationRequest", "alert-neurology": "CommunicationRequest"}
 
 
 def stable_id(*parts: str) -> str:
@@ -126,7 +127,8 @@ def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, lab
         coding.append({"system": ICD10CM, "code": icd, "display": f"{words.long_name}, grade {result.grade}"})
     rationale = "; ".join(reasons_text(finding, result.reasons, timeline, terms)) or _no_reason(result)
     return {
-        "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if result.incomplete else "complete"}],
+        "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if result.incomplete else "complete"},
+                      {"url": config.profile("grading-scale"), "valueCode": finding.rule.guideline_id}],
         "outcome": {"coding": coding, "text": f"{words.name} {grade_text(result.grade)} ({label})"},
         "whenPeriod": {"start": timeline.fhir_time(min(start, timeline.as_of)), "end": timeline.fhir_time(timeline.as_of)},
         "rationale": rationale,
@@ -144,32 +146,34 @@ def _basis(facts: tuple[Fact, ...]) -> list[dict[str, str]]:
     return [{"reference": reference} for reference in seen]
 
 
-def care_plan(plan: Plan, timeline: Timeline, config: OutputConfig, resource_id: str, risk_assessment_id: str,
-              terminology: Terminology) -> dict[str, Any]:
-    finding = plan.finding
-    title = f"{finding.rule.presentation.name} {grade_text(finding.current.grade)}: management per {plan.guideline_id}"
-    description = (
-        f"{title}. Rule {plan.rule_id} {plan.rule_version} (rule set {finding.rule_set_version}); "
-        f"guideline version {plan.guideline_id}: {plan.guideline_citation}."
+def care_plan(combined: CombinedPlan, timeline: Timeline, config: OutputConfig, resource_id: str,
+              risk_assessment_ids: Mapping[str, str], terminology: Terminology) -> dict[str, Any]:
+    """The patient's one CarePlan: every plan merged; each activity says which finding calls for it."""
+    lead = combined.lead
+    rule_set_version = lead.finding.rule_set_version
+    sources = " ".join(
+        f"{plan.finding.rule.presentation.name}: rule {plan.rule_id} {plan.rule_version}, guideline version {plan.guideline_id} ({plan.guideline_citation})."
+        for plan in combined.plans
     )
-    if plan.notes:
-        description += " " + " ".join(plan.notes)
+    description = f"{combined.title}. {sources} Merged by rule {combined.rule_id} {combined.rule_version} (rule set {rule_set_version})."
+    if combined.notes:
+        description += " " + " ".join(combined.notes)
     return {
         "resourceType": "CarePlan",
         "id": resource_id,
         "meta": {"profile": [config.profile("cartox-care-plan")]},
         "extension": [
-            {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
-            {"url": config.profile("guideline-version"), "valueString": plan.guideline_id},
+            {"url": config.profile("rule-set-version"), "valueString": rule_set_version},
+            {"url": config.profile("guideline-version"), "valueString": combined.guideline_id},
         ],
         "status": "active",
         "intent": "proposal",
-        "title": title,
+        "title": combined.title,
         "description": description,
         "subject": subject_of(timeline),
         "created": timeline.fhir_time(timeline.as_of),
-        "supportingInfo": [{"reference": f"urn:uuid:{risk_assessment_id}"}],
-        "activity": [{"detail": _activity_detail(action, config, terminology)} for action in plan.actions],
+        "supportingInfo": [{"reference": f"urn:uuid:{risk_assessment_ids[plan.finding.rule.rule_id]}"} for plan in combined.plans],
+        "activity": [{"detail": _activity_detail(action, config, terminology)} for action in combined.actions],
     }
 
 
@@ -195,11 +199,17 @@ def _plan_extensions(action: PlannedAction, config: OutputConfig) -> list[dict[s
     ]
 
 
+def _reason(action: PlannedAction, config: OutputConfig) -> list[dict[str, Any]]:
+    """The finding that calls for the activity (a merged plan answers several)."""
+    return [{"coding": [{"system": config.codesystem, "code": action.driver_code}], "text": action.driver}]
+
+
 def _activity_detail(action: PlannedAction, config: OutputConfig, terminology: Terminology) -> dict[str, Any]:
     if action.kind == "action":
         return {
             "kind": _NON_DRUG_KIND.get(action.code, "ServiceRequest"),
             "code": {"coding": [{"system": config.codesystem, "code": action.code}], "text": action.description},
+            "reasonCode": _reason(action, config),
             "status": "not-started",
             "description": action.description,
         }
@@ -211,6 +221,7 @@ def _activity_detail(action: PlannedAction, config: OutputConfig, terminology: T
     detail: dict[str, Any] = {
         "extension": _plan_extensions(action, config),
         "kind": "MedicationRequest",
+        "reasonCode": _reason(action, config),
         "status": _DETAIL_STATUS[action.status],
         "productCodeableConcept": product,
         "description": action.description,

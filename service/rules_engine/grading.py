@@ -44,14 +44,20 @@ def compile_expression(spec: Any, criteria: Mapping[str, Compiled], rule_id: str
 
 
 def _any(parts: list[Expression]) -> Expression:
+    """True with the reasons of every part that holds (a card names each criterion that reached the grade)."""
     def evaluate(ctx: Context, window: Window) -> tuple[bool | None, list[Reason], list[str]]:
         unknown: list[str] = []
+        held: list[Reason] = []
+        holds = False
         for part in parts:
             truth, reasons, missing = part(ctx, window)
             if truth:
-                return True, reasons, []
-            if truth is None:
+                holds = True
+                held += reasons
+            elif truth is None:
                 unknown += missing
+        if holds:
+            return True, held, []
         return (None, [], unknown) if unknown else (False, [], [])
 
     return evaluate

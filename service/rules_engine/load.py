@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -14,6 +14,7 @@ import yaml
 from service.errors import RulesError
 from service.fhir_input.concepts import Terminology, build_terminology
 from service.resources import rules_dir
+from service.rules_engine.care_plan import CarePlanRule, CombinedPlan
 from service.rules_engine.conditions import Compiler, criterion_schema
 from service.rules_engine.grading import GradingRule
 from service.rules_engine.management import ManagementRule, Plan
@@ -73,7 +74,8 @@ def case_files(directory: Path) -> list[Path]:
 @dataclass(frozen=True)
 class Evaluation:
     findings: tuple[Finding, ...]
-    plans: tuple[Plan, ...]
+    plans: tuple[Plan, ...]  # one per management rule with something to recommend
+    care_plan: CombinedPlan | None  # the plans merged: the patient's one CarePlan
 
 
 class _State:
@@ -87,6 +89,7 @@ class _State:
         self.findings: dict[str, Finding] = {}
         self.histories: dict[str, Any] = {}
         self.plans: list[Plan] = []
+        self.care_plan: CombinedPlan | None = None
 
 
 def _run_grading(rule: GradingRule, state: _State) -> None:
@@ -96,9 +99,14 @@ def _run_grading(rule: GradingRule, state: _State) -> None:
 
 
 def _run_management(rule: ManagementRule, state: _State) -> None:
-    plan = rule.plan(state.findings[rule.applies_to], state.timeline, state.guideline, state.histories[rule.applies_to])
+    read = {name: state.findings[name] for name in rule.reads if name in state.findings}
+    plan = rule.plan(state.findings[rule.applies_to], state.timeline, state.guideline, state.histories[rule.applies_to], read)
     if plan is not None:
         state.plans.append(plan)
+
+
+def _run_care_plan(rule: CarePlanRule, state: _State) -> None:
+    state.care_plan = rule.merge(state.plans)
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class RuleKind:
     compile: Callable[[Mapping[str, Any], Mapping[str, Any], Compiler], Any]
     reads: Callable[[Any, Mapping[str, Any]], tuple[str, ...]]  # (compiled rule, document) -> rule ids it needs first
     run: Callable[[Any, _State], None]
+    after_kinds: tuple[str, ...] = ()  # a rule of this kind runs after every rule of these kinds (it reads them all)
 
 
 # The registry of rule kinds: a new kind (metrics, regimen) is one entry and one module.
@@ -122,6 +131,12 @@ RULE_KINDS: dict[str, RuleKind] = {
         reads=lambda rule, document: (rule.applies_to, *document.get("reads", ())),
         run=_run_management,
     ),
+    "care_plan": RuleKind(
+        compile=lambda document, params, compiler: CarePlanRule(document, compiler),
+        reads=lambda rule, document: tuple(document.get("reads", ())),
+        run=_run_care_plan,
+        after_kinds=("management",),
+    ),
 }
 
 
@@ -135,6 +150,8 @@ class _Compiled:
 
 def _dependency_order(rules: list[_Compiled]) -> list[_Compiled]:
     """Rules sorted so that every rule runs after the rules it reads (file order otherwise); cycles rejected."""
+    rules = [replace(rule, reads=rule.reads + tuple(other.rule_id for other in rules if other.kind in RULE_KINDS[rule.kind].after_kinds))
+             for rule in rules]
     by_id = {rule.rule_id: rule for rule in rules}
     for rule in rules:
         unknown = [name for name in rule.reads if name not in by_id]
@@ -189,7 +206,7 @@ class RuleSet:
         for compiled in self.ordered:
             RULE_KINDS[compiled.kind].run(compiled.rule, state)
         findings = tuple(state.findings[rule.info.rule_id] for rule in self.grading)
-        return Evaluation(findings, tuple(state.plans))
+        return Evaluation(findings, tuple(state.plans), state.care_plan)
 
 
 def _parameters(document: Mapping[str, Any], overrides: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -247,6 +264,8 @@ def load_rule_set(
     unknown = set(overrides) - known_ids
     if unknown:
         raise RulesError(str(directory), f"overrides name unknown rules {sorted(unknown)}")
+    if any(c.kind == "management" for c in compiled) and sum(c.kind == "care_plan" for c in compiled) != 1:
+        raise RulesError(str(directory), "management rules need exactly one care_plan rule (how their plans merge)")
     graded = {c.rule_id: c.rule for c in compiled if c.kind == "grading"}
     for rule in (c.rule for c in compiled if c.kind == "management"):
         if rule.applies_to not in graded:

@@ -63,6 +63,10 @@ class PlannedAction:
     condition: ConditionState | None = None
     evidence: tuple[Fact, ...] = ()
     key: str | None = None  # the rule's drug key (several regimens may share one medication)
+    regimen: str | None = None  # the guideline's regimen in words ("dexamethasone 10 mg IV every 6 h")
+    nominal_daily_mg: float | None = None  # the regimen's daily amount at the guideline's (adult) dose: compares regimens
+    driver: str = ""  # the finding that calls for it, e.g. "ICANS grade 3"
+    driver_code: str = ""  # that finding's assessment code, e.g. "icans-grade-astct"
 
     @property
     def do_not_perform(self) -> bool:
@@ -97,15 +101,17 @@ class _Drug:
     fixed_adult_dose: bool
     limits: Mapping[str, Any] | None
     regimen: str  # the regimen in words, e.g. "dexamethasone 10 mg IV every 6 h"
+    dose_text: str | None  # the dose in words when the guideline gives no dose (e.g. "per institutional protocol")
 
 
 @dataclass(frozen=True)
 class _Request:
-    """What one plan is evaluated against."""
+    """What one plan is evaluated against: its finding, and the findings of the rules it reads."""
 
     finding: Finding
     timeline: Timeline
     history: History
+    findings: Mapping[str, Finding]
 
 
 ConditionEvaluator = Callable[[_Request], ConditionState]
@@ -123,7 +129,10 @@ class ManagementRule:
         self.adult_from = compiler.number(compiler.params["adult_from_years"])
         self.terminology = compiler.terms
         self.drugs = {key: self._drug(key, spec, compiler) for key, spec in document["drugs"].items()}
-        self.conditions = {code: _compile_condition(code, spec, self, compiler) for code, spec in document.get("conditions", {}).items()}
+        self.reads = tuple(document.get("reads", ()))
+        self.conditions: dict[str, ConditionEvaluator] = {}
+        for code, spec in document.get("conditions", {}).items():  # in file order: any_of names earlier ones
+            self.conditions[code] = _compile_condition(code, spec, self, compiler)
         # criteria of the graded rule the conditions read (checked against it at load)
         self.criteria_read = {name for spec in document.get("conditions", {}).values() for name in spec.get("criteria", ())}
         self.guidelines = {name: self._guideline(name, spec, compiler) for name, spec in document["guidelines"].items()}
@@ -137,7 +146,9 @@ class ManagementRule:
             compiled = []
             keys = [item["drug"] for item in items if "drug" in item]
             for item in items:
-                if "action" in item:
+                if "only_if" in item and item["only_if"] not in self.conditions:
+                    raise RulesError(where, f"unknown condition {item['only_if']!r}")
+                if "action" in item or "note" in item:
                     compiled.append({**item, "text": bind_template(item["text"], compiler.params, (), where)})
                     continue
                 if item["drug"] not in self.drugs:
@@ -157,13 +168,13 @@ class ManagementRule:
 
     def _drug(self, key: str, spec: Mapping[str, Any], compiler: Compiler) -> _Drug:
         compiler.medications([spec["medication"]])
-        dose = spec["dose"]
+        dose = spec.get("dose", {})
         low = spec.get("low_weight", {})
         return _Drug(
             key, spec["medication"], spec.get("name", spec["medication"]), spec["route"], dose.get("mg"),
             dose.get("mg_per_kg"), dose.get("max_mg"), low.get("below_kg"), low.get("mg_per_kg"),
             spec.get("every_hours"), spec.get("every_hours_max"), spec.get("duration_days"),
-            bool(spec.get("fixed_adult_dose")), spec.get("label_limits"), spec["regimen"],
+            bool(spec.get("fixed_adult_dose")), spec.get("label_limits"), spec["regimen"], spec.get("dose_text"),
         )
 
     @property
@@ -184,7 +195,9 @@ class ManagementRule:
         episode = request.finding.episode
         return self.given(drug, request.timeline, episode.start if episode else None)
 
-    def plan(self, finding: Finding, timeline: Timeline, guideline: str | None, history: History) -> Plan | None:
+    def plan(self, finding: Finding, timeline: Timeline, guideline: str | None, history: History,
+             findings: Mapping[str, Finding] | None = None) -> Plan | None:
+        """The plan for the finding's current grade; `findings` are those of the rules this rule reads."""
         grade = finding.current.grade
         chosen = guideline or self.default_guideline
         notes: list[str] = []
@@ -202,9 +215,19 @@ class ManagementRule:
             notes.append(f"No usable body weight (none recorded in the {self.weight_max_age.days} days before the evaluation): doses are given per kg.")
         if age is None:
             notes.append("Age unknown (no Patient.birthDate): adult dosing shown; confirm the patient is an adult.")
-        request = _Request(finding, timeline, history)
-        actions = [self._action(item, request, weight, age) for item in items]
-        return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(_resolve(actions, items, self.drugs)), tuple(notes))
+        request = _Request(finding, timeline, history, findings or {})
+        # `only_if` items (e.g. seizure management) are part of the plan only when the data show their condition
+        shown = []
+        for item in items:
+            state = self.conditions[item["only_if"]](request) if "only_if" in item else None
+            if state is None or state.met:
+                shown.append((item, state))
+        notes += [item["text"] for item, _ in shown if "note" in item]
+        shown = [(item, state) for item, state in shown if "note" not in item]
+        actions = [self._action(item, request, weight, age, state) for item, state in shown]
+        driver = f"{finding.rule.presentation.name} grade {grade}"
+        resolved = [replace(action, driver=driver, driver_code=finding.rule.assessment_code) for action in _resolve(actions, [item for item, _ in shown], self.drugs)]
+        return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(resolved), tuple(notes))
 
     def _weight(self, timeline: Timeline) -> Measurement | None:
         weights = timeline.measurements.get(self.weight_concept, ())
@@ -213,21 +236,23 @@ class ManagementRule:
         latest = weights[-1]
         return latest if timeline.as_of - latest.time <= self.weight_max_age else None
 
-    def _action(self, item: Mapping[str, Any], request: _Request, weight: Measurement | None, age: int | None) -> PlannedAction:
+    def _action(self, item: Mapping[str, Any], request: _Request, weight: Measurement | None, age: int | None,
+                shown_because: ConditionState | None) -> PlannedAction:
         if "action" in item:
-            return PlannedAction("action", item["action"], item["text"])
+            return PlannedAction("action", item["action"], item["text"], condition=shown_because,
+                                 evidence=shown_because.evidence if shown_because else ())
         timeline = request.timeline
         drug = self.drugs[item["drug"]]
         prior = self.episode_doses(drug, request)
         repeat = bool(prior) and "repeat_when" in item
         template = item.get("repeat_text", item["text"]) if prior else item["text"]
-        condition: ConditionState | None = None
+        condition: ConditionState | None = shown_because
         if "when" in item:
             condition = self.conditions[item["when"]](request)
         elif repeat:
             condition = self.conditions[item["repeat_when"]](request)
 
-        paediatric = drug.fixed_adult_dose and age is not None and age < self.adult_from
+        paediatric = drug.fixed_adult_dose and drug.mg is not None and age is not None and age < self.adult_from
         if paediatric:
             dose, dose_text, evidence = None, f"weight-based (the adult dose of {drug.mg:g} mg is the maximum; patient is {age} years old)", ()
         else:
@@ -241,9 +266,10 @@ class ManagementRule:
         if blocked:
             status, reason = BLOCKED, limit_reason
         evidence = evidence + tuple(counted) + (condition.evidence if condition else ())
+        nominal_daily = drug.mg * (24 / drug.every_hours) if drug.mg is not None and drug.every_hours else daily
         return PlannedAction(
             "drug", drug.medication, description, drug.route, dose, daily, drug.every_hours, drug.every_hours_max,
-            drug.duration_days, status, reason, item["role"], condition, evidence, drug.key,
+            drug.duration_days, status, reason, item["role"], condition, evidence, drug.key, drug.regimen, nominal_daily,
         )
 
 
@@ -254,14 +280,14 @@ def _resolve(actions: list[PlannedAction], items: list[Mapping[str, Any]], drugs
     resolved = list(actions)
     for index, item in enumerate(items):
         action = resolved[index]
-        if "alternative_to" in item and action.status == GIVE_NOW:
+        if "alternative_to" in item and action.status == GIVE_NOW and item["alternative_to"] in by_key:
             other = drugs[item["alternative_to"]]
             chosen = resolved[by_key[other.key]]
             if chosen.status == GIVE_NOW:
                 state = ConditionState("alternative", f"instead of {other.regimen}", False, f"{other.regimen} is proposed now")
                 resolved[index] = replace(action, status=CONDITIONAL, condition=state,
                                           reason=f"Alternative to {other.regimen}, which is proposed now.")
-        if "replaces" in item and action.status == GIVE_NOW:
+        if "replaces" in item and action.status == GIVE_NOW and item["replaces"] in by_key:
             first = resolved[by_key[item["replaces"]]]
             if first.status == GIVE_NOW:
                 this = drugs[item["drug"]]
@@ -276,6 +302,8 @@ def _dose(drug: _Drug, weight: Measurement | None) -> tuple[float | None, str, t
     if drug.mg is not None:
         return float(drug.mg), f"{drug.mg:g} mg", ()
     per_kg = drug.mg_per_kg
+    if per_kg is None:  # the guideline names the drug without a dose
+        return None, drug.dose_text or "", ()
     if weight is None:
         cap = f", at most {drug.max_mg:g} mg" if drug.max_mg else ""
         low = f"; {drug.low_weight_mg_per_kg:g} mg/kg under {drug.low_weight_below_kg:g} kg" if drug.low_weight_below_kg else ""
@@ -406,10 +434,89 @@ def _duration(days: float) -> str:
     return f"{hours:.0f} h" if hours < 48 else f"{days:.1f} days"
 
 
+def _finding_grade(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """Another rule's current grade is at least `at_least` (e.g. concurrent CRS for ICANS management) or at most
+    `at_most`. The rule must be one this rule reads; a finding that cannot be assessed leaves the condition as
+    `not_assessable` says (unmet by default), and the status says so."""
+    other = spec["rule"]
+    if other not in rule.reads:
+        raise RulesError(rule.rule_id, f"condition {code}: rule {other!r} is not in reads")
+    at_least = int(c.number(spec["at_least"])) if "at_least" in spec else None
+    at_most = int(c.number(spec["at_most"])) if "at_most" in spec else None
+    if (at_least is None) == (at_most is None):
+        raise RulesError(rule.rule_id, f"condition {code}: give exactly one of at_least, at_most")
+    unknown_met = spec.get("not_assessable", "unmet") == "met"
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+
+    def evaluate(request: _Request) -> ConditionState:
+        finding = request.findings[other]
+        name, grade = finding.rule.presentation.name, finding.current.grade
+        if grade is None:
+            return ConditionState(code, text, unknown_met, f"{name} cannot be assessed")
+        met = grade >= at_least if at_least is not None else grade <= at_most
+        return ConditionState(code, text, met, f"{name} grade {grade} now", finding.current.evidence if met and grade else ())
+
+    return evaluate
+
+
+def _criterion_present(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """One of the graded rule's `criteria` holds in the current window, with one of the coded `values` when given
+    (e.g. a seizure; papilloedema among the signs of raised intracranial pressure)."""
+    criteria = tuple(spec["criteria"])
+    values = frozenset(spec.get("values", ()))
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+
+    def evaluate(request: _Request) -> ConditionState:
+        timeline, finding = request.timeline, request.finding
+        facts = request.history.positive(criteria, finding.current.window) or ()
+        if values:
+            facts = tuple(f for f in facts if getattr(f, "value", None) in values or f.concept in values)
+        if not facts:
+            return ConditionState(code, text, False, "not recorded in the current window")
+        latest = max(facts, key=lambda f: f.time)
+        what = rule.terminology.display(getattr(latest, "value", None) or latest.concept)
+        return ConditionState(code, text, True, f"{what} recorded at {timeline.local(latest.time)}", facts)
+
+    return evaluate
+
+
+def _any_of(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """Met when one of the named conditions is met (e.g. ASCO ICANS 2: no concurrent CRS, or CRS that did not
+    improve after tocilizumab). The named conditions must be defined before this one."""
+    parts = [rule.conditions[name] for name in spec["conditions"] if name in rule.conditions]
+    if len(parts) != len(spec["conditions"]):
+        raise RulesError(rule.rule_id, f"condition {code}: define {spec['conditions']} before it")
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+
+    def evaluate(request: _Request) -> ConditionState:
+        states = [part(request) for part in parts]
+        met = [state for state in states if state.met]
+        shown = met or states
+        return ConditionState(code, text, bool(met), "; ".join(dict.fromkeys(s.status for s in shown)),
+                              tuple(f for s in shown for f in s.evidence))
+
+    return evaluate
+
+
+def _clinical_judgement(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """The guideline says "consider": the data never decide it, the clinician does (never give-now)."""
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+    status = bind_template(spec.get("status", "a clinical decision the data cannot make"), c.params, (), rule.rule_id)
+
+    def evaluate(request: _Request) -> ConditionState:
+        return ConditionState(code, text, False, status)
+
+    return evaluate
+
+
 CONDITION_TYPES: dict[str, Callable[[str, Mapping[str, Any], ManagementRule, Compiler], ConditionEvaluator]] = {
     "episode_lasted": _episode_lasted,
     "no_improvement_after_dose": _no_improvement,
     "criteria_after_doses": _criteria_after_doses,
+    "finding_grade": _finding_grade,
+    "criterion_present": _criterion_present,
+    "clinical_judgement": _clinical_judgement,
+    "any_of": _any_of,
 }
 
 

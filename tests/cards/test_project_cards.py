@@ -1,6 +1,6 @@
 """Every card the project's own scenarios produce is readable, well-formed and safe CommonMark.
 
-Scenarios: every case of rules/*.cases.yaml (run through service.rules_engine.cases.run_case, the same
+Scenarios: every case of rules/*.cases.yaml (run through service.rule_cases.cases.run_case, the same
 runner as the rule-case items of the suite) and the generated bench patient (bench/generate.py, small and
 full) at several evaluation times. Each card's ``detail`` must pass markdown_check.assert_card_markdown
 (headings, one-line paragraphs and tight bullet lists only; no heading or paragraph folded into a list
@@ -22,7 +22,7 @@ import pytest
 
 from service.fhir_input.times import parse_instant_parameter
 from service.pipeline import RequestOptions
-from service.rules_engine.cases import Case, load_cases, run_case
+from service.rule_cases.cases import Case, load_cases, run_case
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO_ROOT / "rules"

@@ -1,7 +1,8 @@
-"""Output invariants over scenarios across the generated CRS episode.
+"""Output invariants over scenarios across the generated patient's CRS and ICANS episodes.
 
 Each scenario is evaluated once (FHIR Bundle and cards); every test checks one invariant of the output
-contract (README "Output contract", fhir_profiles/README.md) on every scenario.
+contract (README "Output contract", fhir_profiles/README.md) on every scenario, for every finding (one
+RiskAssessment per grading rule) and the patient's one merged CarePlan.
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ CARTOX_CS = f"{BASE}/CodeSystem/cartox"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 GRADE_CODES = {"grade-0", "grade-1", "grade-2", "grade-3", "grade-4", "grade-5", "not-assessable"}
-ICD_OF_GRADE = {"grade-1": "D89.831", "grade-2": "D89.832", "grade-3": "D89.833", "grade-4": "D89.834"}
+CRS, ICANS = "crs-grade-astct", "icans-grade-astct"
+ICD_OF_GRADE = {
+    CRS: {"grade-1": "D89.831", "grade-2": "D89.832", "grade-3": "D89.833", "grade-4": "D89.834"},
+    ICANS: {"grade-1": "G92.01", "grade-2": "G92.02", "grade-3": "G92.03", "grade-4": "G92.04"},
+}
+RULE_OF = {CRS: "crs-astct", ICANS: "icans-astct"}
+GLUCOCORTICOIDS = {"3264", "6902", "8640", "8638", "5492"}  # RxNorm ingredients: dexamethasone ... hydrocortisone
 NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "flagged-duplicate",
               "flagged-partial-data", "flagged-time", "dropped-implausible",
               "dropped-unit", "dropped-time", "dropped-future", "dropped-value"}
-CARE_ACTIVITY_CODES = {"supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing"}
+CARE_ACTIVITY_CODES = {"supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing",
+                       "alert-neurology", "ice-monitoring", "elevate-head-of-bed", "neurologic-workup", "treat-concurrent-crs",
+                       "hyperventilation"}
 REFERENCE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
 MODELS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "OperationOutcome": OperationOutcome}
 
@@ -54,28 +63,29 @@ class Scenario:
     name: str
     source: str  # "small" | "full"
     as_of: str
-    current: str  # expected prediction[0] grade code
-    maximum: str  # expected prediction[1] grade code
+    current: str  # expected CRS prediction[0] grade code
+    maximum: str  # expected CRS prediction[1] grade code
+    icans: tuple[str, str]  # expected ICANS (current, maximum)
     params: dict[str, str] = field(default_factory=dict)
     mutate: Callable[[dict], None] | None = None
     infusion: str | None = INFUSION  # day 0 expected in prediction[1].whenPeriod.start (None: unknown)
 
 
 SCENARIOS = [
-    Scenario("full-day1-before-fever", "full", "2026-03-03T12:00:00+01:00", "grade-0", "grade-0"),
-    Scenario("full-day3-fever", "full", "2026-03-05T06:00:00+01:00", "grade-1", "grade-1"),
-    Scenario("full-as-of", "full", AS_OF, "grade-2", "grade-3"),
-    Scenario("full-day18-resolved", "full", "2026-03-20T12:00:00+01:00", "grade-0", "grade-3"),
-    Scenario("small-day4-night", "small", "2026-03-06T02:00:00+01:00", "grade-3", "grade-3"),
-    Scenario("small-day4-morning", "small", "2026-03-06T08:00:00+01:00", "grade-3", "grade-3"),
-    Scenario("small-as-of", "small", AS_OF, "grade-2", "grade-3"),
-    Scenario("small-as-of-utc", "small", "2026-03-07T11:00:00+00:00", "grade-2", "grade-3"),
-    Scenario("small-before-its-vitals", "small", "2026-03-05T12:00:00+01:00", "not-assessable", "not-assessable"),
-    Scenario("small-asco", "small", AS_OF, "grade-2", "grade-3", params={"guideline": "ASCO-2021"}),
-    Scenario("small-infusion-override", "small", AS_OF, "grade-2", "grade-3",
+    Scenario("full-day1-before-fever", "full", "2026-03-03T12:00:00+01:00", "grade-0", "grade-0", ("grade-0", "grade-0")),
+    Scenario("full-day3-fever", "full", "2026-03-05T06:00:00+01:00", "grade-1", "grade-1", ("grade-0", "grade-0")),
+    Scenario("full-as-of", "full", AS_OF, "grade-2", "grade-3", ("grade-1", "grade-1")),
+    Scenario("full-day18-resolved", "full", "2026-03-20T12:00:00+01:00", "grade-0", "grade-3", ("grade-0", "grade-1")),
+    Scenario("small-day4-night", "small", "2026-03-06T02:00:00+01:00", "grade-3", "grade-3", ("not-assessable", "not-assessable")),
+    Scenario("small-day4-morning", "small", "2026-03-06T08:00:00+01:00", "grade-3", "grade-3", ("grade-0", "grade-0")),
+    Scenario("small-as-of", "small", AS_OF, "grade-2", "grade-3", ("grade-1", "grade-1")),
+    Scenario("small-as-of-utc", "small", "2026-03-07T11:00:00+00:00", "grade-2", "grade-3", ("grade-1", "grade-1")),
+    Scenario("small-before-its-vitals", "small", "2026-03-05T12:00:00+01:00", "not-assessable", "not-assessable", ("not-assessable", "not-assessable")),
+    Scenario("small-asco", "small", AS_OF, "grade-2", "grade-3", ("grade-1", "grade-1"), params={"guideline": "ASCO-2021"}),
+    Scenario("small-infusion-override", "small", AS_OF, "grade-2", "grade-3", ("grade-1", "grade-1"),
              params={"infusionDate": "2026-03-04T10:00:00+01:00"}, infusion="2026-03-04T10:00:00+01:00"),
-    Scenario("no-temperatures", "small", AS_OF, "not-assessable", "not-assessable", mutate=_without_temperatures),
-    Scenario("no-car-t-infusion", "small", AS_OF, "grade-2", "grade-3", mutate=_without_car_t, infusion=None),
+    Scenario("no-temperatures", "small", AS_OF, "not-assessable", "not-assessable", ("grade-1", "grade-1"), mutate=_without_temperatures),
+    Scenario("no-car-t-infusion", "small", AS_OF, "grade-2", "grade-3", ("grade-1", "grade-1"), mutate=_without_car_t, infusion=None),
 ]
 
 
@@ -89,10 +99,21 @@ class Result:
     def of_type(self, resource_type: str) -> list[dict[str, Any]]:
         return [e["resource"] for e in self.bundle["entry"] if e["resource"]["resourceType"] == resource_type]
 
+    def assessment(self, code: str) -> dict[str, Any]:
+        (ra,) = [r for r in self.of_type("RiskAssessment") if _assessment_code(r) == code]
+        return ra
+
     @property
     def risk_assessment(self) -> dict[str, Any]:
-        (ra,) = self.of_type("RiskAssessment")
-        return ra
+        """The CRS RiskAssessment (the scenarios' CRS expectations)."""
+        return self.assessment(CRS)
+
+    @property
+    def risk_assessments(self) -> list[dict[str, Any]]:
+        return self.of_type("RiskAssessment")
+
+    def expected(self, code: str) -> tuple[str, str]:
+        return (self.scenario.current, self.scenario.maximum) if code == CRS else self.scenario.icans
 
     @property
     def cards(self) -> list[dict[str, Any]]:
@@ -124,6 +145,11 @@ def result(request, results) -> Result:
     return results[request.param.name]
 
 
+def _assessment_code(ra: dict[str, Any]) -> str:
+    (code,) = [c["code"] for c in ra["code"]["coding"] if c["system"] == CARTOX_CS]
+    return code
+
+
 def _grade(prediction: dict[str, Any]) -> str:
     codes = [c["code"] for c in prediction["outcome"]["coding"] if c["system"] == CARTOX_CS]
     assert len(codes) == 1, prediction["outcome"]
@@ -145,8 +171,9 @@ def _extensions(resource: dict[str, Any], name: str) -> list[Any]:
 # The expected grades (the scenarios mean what they say)
 # --------------------------------------------------------------------------------------------------
 def test_expected_grades(result):
-    ra = result.risk_assessment
-    assert (_grade(ra["prediction"][0]), _grade(ra["prediction"][1])) == (result.scenario.current, result.scenario.maximum)
+    for code in (CRS, ICANS):
+        ra = result.assessment(code)
+        assert (_grade(ra["prediction"][0]), _grade(ra["prediction"][1])) == result.expected(code), code
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,7 +193,7 @@ def test_bundle_shape(result):
     bundle = result.bundle
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types.count("RiskAssessment") == 1
+    assert sorted(_assessment_code(r) for r in result.risk_assessments) == sorted(RULE_OF)  # one per grading rule
     assert types.count("OperationOutcome") == 1
     assert types.count("CarePlan") <= 1
     assert types[-1] == "OperationOutcome"
@@ -209,11 +236,12 @@ def test_every_reference_resolves(result):
 
 def test_basis_cites_only_input_resources(result):
     sent = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in result.input_bundle["entry"]}
-    basis = [b["reference"] for b in result.risk_assessment.get("basis", [])]
-    assert len(basis) == len(set(basis))
-    for reference in basis:
-        assert REFERENCE.fullmatch(reference), f"{reference} is not Type/id"
-        assert reference in sent, f"{reference} is not in the input bundle"
+    for ra in result.risk_assessments:
+        basis = [b["reference"] for b in ra.get("basis", [])]
+        assert len(basis) == len(set(basis))
+        for reference in basis:
+            assert REFERENCE.fullmatch(reference), f"{reference} is not Type/id"
+            assert reference in sent, f"{reference} is not in the input bundle"
 
 
 def test_basis_cites_the_evidence_of_a_grade(result):
@@ -231,70 +259,77 @@ def test_basis_cites_the_evidence_of_a_grade(result):
 # RiskAssessment predictions
 # --------------------------------------------------------------------------------------------------
 def test_risk_assessment_header(result):
-    ra = result.risk_assessment
-    assert ra["status"] == "final"
-    assert {c["code"] for c in ra["code"]["coding"] if c["system"] == CARTOX_CS} == {"crs-grade-astct"}
-    assert _time(ra["occurrenceDateTime"]) == _time(result.scenario.as_of)
-    assert "crs-astct" in ra["method"]["text"]
-    assert len(ra["prediction"]) >= 2
+    for ra in result.risk_assessments:
+        code = _assessment_code(ra)
+        assert ra["status"] == "final"
+        assert code in RULE_OF
+        assert _time(ra["occurrenceDateTime"]) == _time(result.scenario.as_of)
+        assert RULE_OF[code] in ra["method"]["text"]
+        assert len(ra["prediction"]) == 2  # the grading kind's slots: current, maximum since day 0
 
 
 def test_current_window_is_24_hours_ending_at_occurrence_clipped_at_day_zero(result):
-    ra = result.risk_assessment
-    occurrence = _time(ra["occurrenceDateTime"])
-    window = ra["prediction"][0]["whenPeriod"]
-    assert _time(window["end"]) == occurrence
-    start = occurrence - timedelta(hours=24)
-    if result.scenario.infusion is not None:
-        start = max(start, _time(result.scenario.infusion))  # facts before day 0 are never graded
-    assert _time(window["start"]) == start
+    for ra in result.risk_assessments:
+        occurrence = _time(ra["occurrenceDateTime"])
+        window = ra["prediction"][0]["whenPeriod"]
+        assert _time(window["end"]) == occurrence
+        start = occurrence - timedelta(hours=24)  # both rules' default window
+        if result.scenario.infusion is not None:
+            start = max(start, _time(result.scenario.infusion))  # facts before day 0 are never graded
+        assert _time(window["start"]) == start
 
 
 def test_maximum_window_runs_from_day_zero_to_occurrence(result):
-    ra = result.risk_assessment
-    occurrence = _time(ra["occurrenceDateTime"])
-    current, maximum = ra["prediction"][0]["whenPeriod"], ra["prediction"][1]["whenPeriod"]
-    assert _time(maximum["end"]) == occurrence
-    if result.scenario.infusion is not None:
-        assert _time(maximum["start"]) == _time(result.scenario.infusion)
-    else:
-        assert _time(maximum["start"]) <= _time(current["start"])
-        assert any("Day 0" in n["text"] and "unknown" in n["text"] for n in ra["note"])
+    for ra in result.risk_assessments:
+        occurrence = _time(ra["occurrenceDateTime"])
+        current, maximum = ra["prediction"][0]["whenPeriod"], ra["prediction"][1]["whenPeriod"]
+        assert _time(maximum["end"]) == occurrence
+        if result.scenario.infusion is not None:
+            assert _time(maximum["start"]) == _time(result.scenario.infusion)
+        else:
+            assert _time(maximum["start"]) <= _time(current["start"])
+            assert any("Day 0" in n["text"] and "unknown" in n["text"] for n in ra["note"])
 
 
 def test_grade_codes_and_icd10(result):
-    for prediction in result.risk_assessment["prediction"]:
-        grade = _grade(prediction)
-        assert grade in GRADE_CODES
-        icd = [c["code"] for c in prediction["outcome"]["coding"] if c["system"] == ICD10CM]
-        if grade in ICD_OF_GRADE:
-            assert icd == [ICD_OF_GRADE[grade]]
-        else:
-            assert icd == [], f"{grade} must carry no ICD-10-CM code"
-        assert grade != "grade-5"  # no death recorded in any scenario
+    for ra in result.risk_assessments:
+        icd_of_grade = ICD_OF_GRADE[_assessment_code(ra)]
+        for prediction in ra["prediction"]:
+            grade = _grade(prediction)
+            assert grade in GRADE_CODES
+            icd = [c["code"] for c in prediction["outcome"]["coding"] if c["system"] == ICD10CM]
+            if grade in icd_of_grade:
+                assert icd == [icd_of_grade[grade]]
+            else:
+                assert icd == [], f"{grade} must carry no ICD-10-CM code"
+            assert grade != "grade-5"  # no death recorded in any scenario
+            (scale,) = _extensions(prediction, "grading-scale")
+            assert scale == "ASTCT-2019"
 
 
 def test_maximum_is_at_least_the_current_grade(result):
-    ra = result.risk_assessment
-    current, maximum = _grade(ra["prediction"][0]), _grade(ra["prediction"][1])
-    if current.startswith("grade-") and maximum.startswith("grade-"):
-        assert int(maximum[-1]) >= int(current[-1])
+    for ra in result.risk_assessments:
+        current, maximum = _grade(ra["prediction"][0]), _grade(ra["prediction"][1])
+        if current.startswith("grade-") and maximum.startswith("grade-"):
+            assert int(maximum[-1]) >= int(current[-1])
 
 
 def test_data_completeness(result):
-    ra = result.risk_assessment
-    for prediction in ra["prediction"]:
-        (completeness,) = _extensions(prediction, "data-completeness")
-        assert completeness in ("complete", "incomplete")
-        if _grade(prediction) == "not-assessable":
-            assert completeness == "incomplete"
-    if any(_extensions(p, "data-completeness") == ["incomplete"] for p in ra["prediction"]):
-        assert _extensions(ra, "missing-data"), "incomplete data must say what is missing"
+    for ra in result.risk_assessments:
+        for prediction in ra["prediction"]:
+            (completeness,) = _extensions(prediction, "data-completeness")
+            assert completeness in ("complete", "incomplete")
+            if _grade(prediction) == "not-assessable":
+                assert completeness == "incomplete"
+        if any(_extensions(p, "data-completeness") == ["incomplete"] for p in ra["prediction"]):
+            assert _extensions(ra, "missing-data"), "incomplete data must say what is missing"
 
 
 def test_not_assessable_is_never_grade_0(result):
-    if result.scenario.name in ("no-temperatures", "small-before-its-vitals"):
-        assert _grade(result.risk_assessment["prediction"][0]) == "not-assessable"
+    for ra in result.risk_assessments:
+        if result.expected(_assessment_code(ra))[0] == "not-assessable":
+            assert _grade(ra["prediction"][0]) == "not-assessable"
+            assert not [c for c in ra["prediction"][0]["outcome"]["coding"] if c["system"] == ICD10CM]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,9 +357,24 @@ def test_care_plan_shape(result):
 
 
 def test_graded_finding_has_a_care_plan(result):
-    grade = _grade(result.risk_assessment["prediction"][0])
-    if grade not in ("grade-0", "not-assessable"):
-        assert len(result.of_type("CarePlan")) == 1
+    graded = [ra for ra in result.risk_assessments if _grade(ra["prediction"][0]) not in ("grade-0", "not-assessable")]
+    care_plans = result.of_type("CarePlan")
+    assert len(care_plans) == (1 if graded else 0)  # one plan for the patient, merged from every finding's
+    for care_plan in care_plans:
+        supporting = {info["reference"] for info in care_plan["supportingInfo"]}
+        assert supporting == {f"urn:uuid:{ra['id']}" for ra in graded}
+        drivers = {c["code"] for a in care_plan["activity"] for c in a["detail"]["reasonCode"][0]["coding"]}
+        assert drivers <= {_assessment_code(ra) for ra in graded}
+
+
+def test_at_most_one_systemic_glucocorticoid_is_given_now(result):
+    for care_plan in result.of_type("CarePlan"):
+        now = [a["detail"] for a in care_plan["activity"] if a["detail"]["kind"] == "MedicationRequest"
+               and _plan_status(a["detail"])[0] == "give-now"
+               and {c["code"] for c in a["detail"]["productCodeableConcept"].get("coding", [])} & GLUCOCORTICOIDS]
+        assert len(now) <= 1, [d["description"] for d in now]
+        products = [a["detail"]["productCodeableConcept"]["text"] for a in care_plan["activity"] if a["detail"]["kind"] == "MedicationRequest"]
+        assert len(products) == len(set(products)), "the same drug twice in the merged plan"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,15 +401,15 @@ def test_operation_outcome_lists_ignored_input(result):
 # Cards
 # --------------------------------------------------------------------------------------------------
 def test_grade_0_has_no_card_and_other_findings_one(result):
-    grade = _grade(result.risk_assessment["prediction"][0])
-    assert len(result.cards) == (0 if grade == "grade-0" else 1)
+    carded = sorted(_assessment_code(ra) for ra in result.risk_assessments if _grade(ra["prediction"][0]) != "grade-0")
+    assert sorted(card["source"]["topic"]["code"] for card in result.cards) == carded
 
 
 def test_indicator_matches_grade(result):
-    grade = _grade(result.risk_assessment["prediction"][0])
     expected = {"not-assessable": "info", "grade-1": "warning", "grade-2": "warning",
                 "grade-3": "critical", "grade-4": "critical", "grade-5": "critical"}
     for card in result.cards:
+        grade = _grade(result.assessment(card["source"]["topic"]["code"])["prediction"][0])
         assert card["indicator"] == expected[grade]
 
 
@@ -369,7 +419,8 @@ def test_card_summaries_are_short(result):
 
 
 def test_card_shape(result):
-    for card in result.cards:
+    care_plans = result.of_type("CarePlan")
+    for index, card in enumerate(result.cards):
         assert uuid.UUID(card["uuid"])
         assert card["source"]["label"]
         assert card["selectionBehavior"] == "at-most-one"
@@ -378,8 +429,17 @@ def test_card_shape(result):
         assert suggestion["label"]
         assert all(a["type"] == "create" for a in suggestion["actions"])
         resources = [a["resource"] for a in suggestion["actions"]]
-        assert resources[0] == result.risk_assessment
-        assert resources[1:] == result.of_type("CarePlan")
+        assert resources[0] == result.assessment(card["source"]["topic"]["code"])
+        # the merged CarePlan is created by the first card only; the others say where the plan is
+        assert resources[1:] == (care_plans if index == 0 else [])
+        if index > 0 and care_plans:
+            assert "**Management:** see the" in card["detail"]
+
+
+def test_cards_are_ordered_most_severe_first(result):
+    severity = {"grade-4": 4, "grade-3": 3, "grade-2": 2, "grade-1": 1, "not-assessable": -1}
+    grades = [severity[_grade(result.assessment(card["source"]["topic"]["code"])["prediction"][0])] for card in result.cards]
+    assert grades == sorted(grades, reverse=True)
 
 
 def test_no_null_or_empty_fields_in_cds_responses(result, find_empty):

@@ -12,7 +12,7 @@ microsecond after a fact holds the same facts, fact times being whole seconds, b
 infusion still running at that fact.)
 
 Patients are random but clinically shaped timelines written as compact case resources
-(service.rules_engine.cases.compact_to_fhir) and run through the real pipeline (Engine.evaluate_bundle_bytes).
+(service.rule_cases.cases.compact_to_fhir) and run through the real pipeline (Engine.evaluate_bundle_bytes).
 On a failure hypothesis shrinks the timeline and the message prints it as a rule case to paste into
 rules/<rule>.cases.yaml.
 
@@ -49,7 +49,7 @@ from hypothesis import strategies as st
 
 from service.pipeline import Engine, Outcome, RequestOptions
 from service.resources import rules_dir
-from service.rules_engine.cases import PATIENT_ID, SNOMED, compact_to_fhir
+from service.rule_cases.cases import PATIENT_ID, SNOMED, compact_to_fhir
 from service.rules_engine.conditions import Context
 from service.rules_engine.grading import GradingRule
 from service.rules_engine.load import RuleSet, load_rule_set, read_document, rule_files

@@ -276,6 +276,17 @@ def test_clinical_core_does_not_import_the_http_layer():
     assert not {p: m for p, m in offenders.items() if m}
 
 
+def test_rules_engine_does_not_import_the_pipeline_or_the_case_runner():
+    """Test support (the case runner, the pytest plugin) sits above the pipeline, outside the engine."""
+    files = sorted((REPO / "service" / "rules_engine").rglob("*.py"))
+    offenders = {
+        str(path.relative_to(REPO)): sorted(m for m in _imported_modules(path)
+                                            if m.startswith(("service.pipeline", "service.rule_cases", "service.cds_cards", "service.fhir_output")))
+        for path in files
+    }
+    assert not {p: m for p, m in offenders.items() if m}
+
+
 # --- rule kinds, dependency order, guideline versions per management rule ------------------------------
 
 def _second_toxicity(rules: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from service.rules_engine.cases import Case, CaseFailure, load_cases, run_case
+from service.rule_cases.cases import Case, CaseFailure, load_cases, run_case
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:

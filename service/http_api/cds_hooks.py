@@ -16,7 +16,8 @@ from service.timeline.build import SourcedEntry, entries_from_bundle
 
 SERVICE_ID = "car-t-toxicity"
 HOOK = "patient-view"
-REQUIRED_PREFETCH = ("patient", "observations", "medicationAdministrations")
+REQUIRED_PREFETCH = ("patient", "observations", "medicationAdministrations", "conditions")
+SEARCHSET_PREFETCH = REQUIRED_PREFETCH[1:]
 
 blueprint = Blueprint("cds_hooks", __name__)
 
@@ -36,12 +37,16 @@ def prefetch_templates(service: Engine) -> dict[str, str]:
     """Observations: exactly the codes the loaded rules read (the input terminology is cut to the concepts
     some rule observes; a panel is asked for when its components carry one of them), so that nothing fetched
     is then ignored. Administrations: every one, whatever its code (medications are also matched by name,
-    which a code search cannot express), with the Medications they reference."""
-    codes = sorted(f"{system}|{code}" for system, code in service.rules.input_terminology.observation_codes())
+    which a code search cannot express), with the Medications they reference. Conditions: the clinical
+    findings the rules read (e.g. a seizure recorded as a Condition)."""
+    terms = service.rules.input_terminology
+    codes = sorted(f"{system}|{code}" for system, code in terms.observation_codes())
+    findings = sorted(f"{system}|{code}" for system, code in terms.finding_by_code)
     return {
         "patient": "Patient/{{context.patientId}}",
         "observations": "Observation?patient={{context.patientId}}&code=" + ",".join(codes),
         "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}&_include=MedicationAdministration:medication",
+        "conditions": "Condition?patient={{context.patientId}}&code=" + ",".join(findings),
     }
 
 
@@ -52,13 +57,14 @@ def discovery() -> Response:
         "services": [{
             "hook": HOOK,
             "id": SERVICE_ID,
-            "title": "CAR-T cell therapy toxicity (ASTCT 2019 CRS grade and management)",
+            "title": "CAR-T cell therapy toxicity (ASTCT 2019 CRS and ICANS grades and management)",
             "description": (
-                "Grades cytokine release syndrome by ASTCT 2019 from vital signs, oxygen support and medication "
-                "administrations, and proposes the guideline's next steps (" + ", ".join(service.rules.guideline_ids) + ")."
+                "Grades cytokine release syndrome and immune effector cell-associated neurotoxicity syndrome by ASTCT 2019 "
+                "from vital signs, oxygen support, neurological assessments, findings and medication administrations, and "
+                "proposes one plan with the guideline's next steps (" + ", ".join(service.rules.guideline_ids) + ")."
             ),
             "prefetch": prefetch_templates(service),
-            "usageRequirements": "All three prefetch keys are required; a null value means the EHR has no data.",
+            "usageRequirements": "All four prefetch keys are required; a null value means the EHR has no data.",
         }]
     })
 
@@ -109,7 +115,7 @@ def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEn
                                    "prefetch.patient.resourceType"), status=422)
         entries.append(SourcedEntry("prefetch.patient", None, patient))
     orphans: list[Partial] = []
-    for key in ("observations", "medicationAdministrations"):
+    for key in SEARCHSET_PREFETCH:
         raw = bytes(prefetch[key])
         if raw.strip() == b"null":
             continue

@@ -36,6 +36,7 @@ def _prefetch_from(bundle: dict[str, Any]) -> dict[str, Any]:
         "patient": patient,
         "observations": _searchset(by_type["Observation"]),
         "medicationAdministrations": _searchset(by_type["MedicationAdministration"]),
+        "conditions": _searchset(by_type.get("Condition", [])),
     }
 
 
@@ -98,7 +99,12 @@ def test_discovery(client, find_empty):
     assert service["hook"] == "patient-view"
     assert service["title"] and service["description"]
     prefetch = service["prefetch"]
-    assert set(prefetch) == {"patient", "observations", "medicationAdministrations"}
+    assert set(prefetch) == {"patient", "observations", "medicationAdministrations", "conditions"}
+    # the SNOMED CT findings ICANS reads (seizure, cerebral oedema, optic disc oedema), as Conditions
+    assert prefetch["conditions"].startswith("Condition?patient={{context.patientId}}&code=")
+    finding_codes = set(prefetch["conditions"].split("&code=", 1)[1].split(","))
+    assert {"http://snomed.info/sct|91175000", "http://snomed.info/sct|2032001", "http://snomed.info/sct|423341008"} <= finding_codes
+    assert "http://snomed.info/sct|26079004" not in finding_codes  # tremor never changes the ICANS grade
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
     assert prefetch["observations"].startswith("Observation?patient={{context.patientId}}&code=")
     codes = prefetch["observations"].split("&code=", 1)[1].split(",")
@@ -121,7 +127,8 @@ def test_call_with_prefetch_gives_the_crs_card(call, prefetch, find_empty):
     response = call(_hook_request(prefetch))
     assert response.headers["Access-Control-Allow-Origin"]
     cards = _cards(response)
-    assert len(cards) == 1
+    # CRS grade 2 carries the one plan; ICANS grade 1 (ICE 8) comes second
+    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct"]
     card = cards[0]
     assert card["indicator"] == "warning"
     assert "CRS grade 2" in card["summary"] and len(card["summary"]) < 140
@@ -161,10 +168,11 @@ def test_call_with_guideline_and_infusion_date(call, prefetch, card_text):
 
 
 def test_all_prefetch_null_is_not_assessable(call, find_empty):
-    prefetch = {"patient": None, "observations": None, "medicationAdministrations": None}
+    prefetch = {"patient": None, "observations": None, "medicationAdministrations": None, "conditions": None}
     response = call(_hook_request(prefetch))
     cards = _cards(response)
-    assert len(cards) == 1
+    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct"]
+    assert all(c["indicator"] == "info" for c in cards)
     card = cards[0]
     assert card["indicator"] == "info"
     assert "cannot be assessed" in card["summary"]
@@ -209,7 +217,7 @@ def test_empty_searchsets_are_no_data(call, prefetch):
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key", ["patient", "observations", "medicationAdministrations"])
+@pytest.mark.parametrize("key", ["patient", "observations", "medicationAdministrations", "conditions"])
 def test_missing_prefetch_key(call, prefetch, outcome_issue, key):
     del prefetch[key]
     outcome_issue(call(_hook_request(prefetch)), 412, "prefetch-missing", f"prefetch.{key}")
@@ -219,7 +227,7 @@ def test_missing_prefetch_lists_every_key(call, outcome_issue):
     response = call(_hook_request(None))
     outcome_issue(response, 412, "prefetch-missing")
     expressions = sorted(i["expression"][0] for i in orjson.loads(response.get_data())["issue"])
-    assert expressions == ["prefetch.medicationAdministrations", "prefetch.observations", "prefetch.patient"]
+    assert expressions == ["prefetch.conditions", "prefetch.medicationAdministrations", "prefetch.observations", "prefetch.patient"]
 
 
 @pytest.mark.parametrize("hook", ["order-select", "encounter-start", "PATIENT-VIEW"])
@@ -292,7 +300,7 @@ def test_service_still_answers_after_errors(call, client, prefetch):
     for body in (b"[", _hook_request(None), _hook_request(prefetch, hook="order-select")):
         assert 400 <= call(body).status_code < 500
     assert client.get("/healthz").status_code == 200
-    assert len(_cards(call(_hook_request(prefetch)))) == 1
+    assert len(_cards(call(_hook_request(prefetch)))) == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,10 +344,13 @@ def _observation_for(code_key: str, index: int, terms) -> dict[str, Any]:
         unit = spec.canonical_unit
         return {"value": (spec.plausible_min + spec.plausible_max) / 2, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
 
-    if (system, code) in terms.measurement_by_code:
+    if (system, code) in terms.finding_by_code:  # a clinical finding recorded as an Observation: present
+        resource["valueBoolean"] = True
+    elif (system, code) in terms.measurement_by_code:
         resource["valueQuantity"] = value(terms.measurement_by_code[(system, code)])
-    elif (system, code) in terms.coded_by_code:
-        resource["valueCodeableConcept"] = {"coding": [{"system": "http://snomed.info/sct", "code": "336623009"}]}
+    elif (system, code) in terms.coded_by_code:  # an answer of the concept's own value set (device, level of consciousness ...)
+        answer_system, answer_code = next(iter(terms.value_sets[terms.coded_by_code[(system, code)][1]].by_code))
+        resource["valueCodeableConcept"] = {"coding": [{"system": answer_system, "code": answer_code}]}
     else:  # a panel: its components carry the concepts the rules read
         read = set(terms.measurement_by_code.values())
         resource["component"] = [
@@ -364,6 +375,7 @@ def test_no_prefetched_observation_code_is_ever_unused(client, engine):
         "patient": msgspec.Raw(orjson.dumps({"resourceType": "Patient", "id": "pat-codes"})),
         "observations": msgspec.Raw(orjson.dumps(_searchset(observations))),
         "medicationAdministrations": msgspec.Raw(b"null"),
+        "conditions": msgspec.Raw(b"null"),
     }
     entries, ignored = prefetched_entries(prefetch)
     outcome = engine.evaluate(entries, ignored, RequestOptions(parse_instant_parameter(AS_OF)))
@@ -398,7 +410,7 @@ def _pressor_prefetch(medication: str, *, contained: bool = False, include_full_
          "valueQuantity": {"value": 97, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}},
     ]
     return {"patient": {"resourceType": "Patient", "id": "pat-ref", "birthDate": "1961-03-14"},
-            "observations": _searchset(observations), "medicationAdministrations": meds}
+            "observations": _searchset(observations), "medicationAdministrations": meds, "conditions": None}
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def test_wrong_type_in_a_resource_type_the_rules_do_not_use_is_ignored(post_eval
     assert ra["prediction"][0]["outcome"]["coding"][0]["code"] == "grade-2"
     # The cards answer of the same request works too.
     cards = _outcome(post_evaluate(small_bundle))["cards"]
-    assert len(cards) == 1 and cards[0]["indicator"] == "warning"
+    assert [c["indicator"] for c in cards] == ["warning", "warning"]  # CRS grade 2, ICANS grade 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,7 +283,8 @@ def test_chunked_body_within_the_limit_is_evaluated(app_factory, bundle_factory)
     exact_client = app_factory(max_body_bytes=len(body)).test_client()
     response = _post_chunked(exact_client, body, as_of="2026-03-04T12:00:00+01:00")  # the fever of day 2: grade 1
     assert response.status_code == 200, response.get_data(as_text=True)[:400]
-    assert [card["indicator"] for card in response.get_json()["cards"]] == ["warning"]
+    # CRS grade 1; ICANS cannot be assessed (no neurological assessment)
+    assert [card["indicator"] for card in response.get_json()["cards"]] == ["warning", "info"]
 
 
 def test_content_length_body_exactly_at_the_limit_is_evaluated(app_factory, post_evaluate, outcome_issue, bundle_factory):

@@ -31,8 +31,14 @@ def _fhir_bundle(response) -> dict:
     return orjson.loads(response.get_data())
 
 
-def _risk_assessment(bundle: dict) -> dict:
-    return _only([e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "RiskAssessment"], "RiskAssessment")
+def _risk_assessment(bundle: dict, code: str = "crs-grade-astct") -> dict:
+    """The RiskAssessment of one finding (one per grading rule: CRS and ICANS)."""
+    return _only([e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "RiskAssessment"
+                  and _codes(e["resource"]["code"])[CARTOX_CS] == code], code)
+
+
+def _card(cards: list, code: str = "crs-grade-astct") -> dict:
+    return _only([card for card in cards if card["source"]["topic"]["code"] == code], f"{code} card")
 
 
 def _care_plan(bundle: dict) -> dict:
@@ -66,7 +72,9 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     assert response.mimetype == "application/json"
     document = orjson.loads(response.get_data())
     assert list(document) == ["cards"]
-    card = _only(document["cards"], "card")
+    # CRS grade 2 and ICANS grade 1 (ICE 8 since day 4 22:00): the CRS card comes first and carries the one plan.
+    assert [c["source"]["topic"]["code"] for c in document["cards"]] == ["crs-grade-astct", "icans-grade-astct"]
+    card = document["cards"][0]
 
     # Current grade 2 (fever + nasal cannula O2) over the last 24 h; grade 3 earlier (norepinephrine).
     assert "CRS" in card["summary"]
@@ -93,7 +101,11 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     ra, cp = actions[0]["resource"], actions[1]["resource"]
     assert _codes(ra["prediction"][0]["outcome"])[CARTOX_CS] == "grade-2"
     assert _codes(ra["prediction"][1]["outcome"])[CARTOX_CS] == "grade-3"
-    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{ra['id']}"}]
+    icans = _card(document["cards"], "icans-grade-astct")
+    icans_ra = _only(icans["suggestions"][0]["actions"], "ICANS action")["resource"]
+    assert _codes(icans_ra["prediction"][0]["outcome"]) == {CARTOX_CS: "grade-1", ICD10CM: "G92.01"}
+    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{ra['id']}"}, {"reference": f"urn:uuid:{icans_ra['id']}"}]
+    assert "**Management:** see the CRS card" in icans["detail"]
     assert find_empty(document) == []
 
 
@@ -132,7 +144,7 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     assert bundle["type"] == "collection"
     assert uuid.UUID(bundle["id"])
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["RiskAssessment", "CarePlan", "OperationOutcome"]
+    assert types == ["RiskAssessment", "RiskAssessment", "CarePlan", "OperationOutcome"]
     for entry in bundle["entry"]:
         assert entry["fullUrl"] == f"urn:uuid:{entry['resource']['id']}"
         assert uuid.UUID(entry["resource"]["id"])
@@ -153,9 +165,19 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     assert {"reference": "MedicationAdministration/mad-00055"} in ra["basis"]
     assert any(b["reference"].startswith("Observation/obs-vs-") for b in ra["basis"])
 
+    icans = _risk_assessment(bundle, "icans-grade-astct")
+    assert _codes(icans["prediction"][0]["outcome"]) == {CARTOX_CS: "grade-1", ICD10CM: "G92.01"}
+
     cp = _care_plan(bundle)
     assert (cp["status"], cp["intent"]) == ("active", "proposal")
-    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{ra['id']}"}]
+    assert cp["title"] == "Management of CRS grade 2, ICANS grade 1"
+    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{ra['id']}"}, {"reference": f"urn:uuid:{icans['id']}"}]
+    # ICANS grade 1 (seed-S004): alert the neurologist, ICE monitoring; alert ICU once for both findings.
+    assert _activity_keys(cp).count("cartox:alert-icu") == 1
+    assert {"cartox:alert-neurology", "cartox:ice-monitoring", "cartox:elevate-head-of-bed", "cartox:neurologic-workup",
+            "cartox:treat-concurrent-crs"} <= set(_activity_keys(cp))
+    reasons = {a["detail"]["reasonCode"][0]["text"] for a in cp["activity"]}
+    assert reasons == {"CRS grade 2", "ICANS grade 1"}
     # seed-S004 grade 2: alert ICU, infection work-up, tocilizumab 8 mg/kg x 80 kg = 640 mg.
     keys = _activity_keys(cp)
     assert "cartox:alert-icu" in keys
@@ -170,7 +192,7 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     ignored_types = [i for i in outcome["issue"] if i["details"]["coding"][0]["code"] == "ignored-resource-type"]
     assert all(i["severity"] == "information" for i in ignored_types)
     listed = " ".join(i["details"]["text"] for i in ignored_types)
-    for resource_type in ("Practitioner", "Organization", "Encounter", "Condition"):
+    for resource_type in ("Practitioner", "Organization", "Encounter"):
         assert resource_type in listed, f"{resource_type} not listed as ignored: {listed}"
     assert "Observation" not in listed and "Patient" not in listed
     ignored_codes = " ".join(i["details"]["text"] for i in outcome["issue"] if i["details"]["coding"][0]["code"] == "ignored-code")
@@ -195,6 +217,8 @@ def test_card_actions_carry_the_bundle_resources(post_evaluate, small_bundle):
     actions = cards[0]["suggestions"][0]["actions"]
     assert actions[0]["resource"] == _risk_assessment(bundle)
     assert actions[1]["resource"] == _care_plan(bundle)
+    (icans_action,) = cards[1]["suggestions"][0]["actions"]
+    assert icans_action["resource"] == _risk_assessment(bundle, "icans-grade-astct")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +231,7 @@ def test_guideline_asco_changes_the_care_plan_not_the_grade(post_evaluate, small
 
     assert _extension(seed_cp, "guideline-version") == "seed-S004"
     assert _extension(asco_cp, "guideline-version") == "ASCO-2021"
-    assert "ASCO-2021" in asco_cp["title"] and "seed-S004" in seed_cp["title"]
+    assert "guideline version ASCO-2021" in asco_cp["description"] and "guideline version seed-S004" in seed_cp["description"]
     assert _extension(_risk_assessment(asco), "guideline-version") == "ASCO-2021"
     assert _activity_keys(seed_cp) != _activity_keys(asco_cp)
     # ASCO grade 2: dexamethasone if hypotension persists; seed-S004 grade 2 alerts the ICU.
@@ -270,7 +294,7 @@ def test_infusion_date_time_override_changes_onset_day(post_evaluate, small_bund
     ra = _risk_assessment(bundle)
     assert _onset_note(ra) == "CRS onset 2026-03-06T00:08:00+01:00 (day 2)"
     assert datetime.fromisoformat(ra["prediction"][1]["whenPeriod"]["start"]) == datetime.fromisoformat(override)
-    card = orjson.loads(post_evaluate(small_bundle, infusionDate=override).get_data())["cards"][0]
+    card = _card(orjson.loads(post_evaluate(small_bundle, infusionDate=override).get_data())["cards"])
     assert "CRS onset 6 Mar 00:08 (day 2)." in card_text(card["detail"])
     assert "(day 4)" not in card_text(card["detail"])
 
@@ -322,7 +346,7 @@ def test_lenient_validation_accepts_what_the_rules_do_not_read(post_evaluate, sm
     for params in ({}, {"validate": "lenient"}):
         response = post_evaluate(small_bundle, **params)
         assert response.status_code == 200
-        assert _only(orjson.loads(response.get_data())["cards"], "card")["indicator"] == "warning"
+        assert _card(orjson.loads(response.get_data())["cards"])["indicator"] == "warning"
 
 
 def test_strict_validation_passes_the_generated_patient(post_evaluate, small_bundle):
@@ -345,7 +369,10 @@ def test_accepted_bundle_types(post_evaluate, small_bundle, bundle_type):
 def test_hand_made_febrile_patient_is_grade_1(post_evaluate, bundle_factory):
     bundle = bundle_factory.febrile_patient()
     cards = orjson.loads(post_evaluate(bundle, asOf="2026-03-04T12:00:00+01:00").get_data())["cards"]
-    card = _only(cards, "card")
+    card = _card(cards)
+    # no neurological assessment at all: ICANS cannot be assessed (never grade 0), on a card after the CRS one
+    assert [c["indicator"] for c in cards] == ["warning", "info"]
+    assert cards[1]["summary"].startswith("ICANS cannot be assessed")
     assert card["indicator"] == "warning"
     assert "CRS grade 1" in card["summary"]
     ra = card["suggestions"][0]["actions"][0]["resource"]

@@ -184,7 +184,8 @@ def test_cards_render_the_hostile_input_only_as_escaped_text(outcome, assert_car
 def test_cards_show_drugs_and_evidence_as_literal_text(outcome, assert_card_markdown, markdown_check):
     """Escaping keeps the input readable: the drugs are named and the evidence cites the hostile sources as the
     exact text that was sent."""
-    (card,) = outcome.cards
+    card, icans = outcome.cards  # CRS carries the plan; ICANS cannot be assessed (no neurological assessment)
+    assert icans["source"]["topic"]["code"] == "icans-grade-astct" and icans["indicator"] == "info"
     blocks = assert_card_markdown(card["detail"], HOSTILE_INPUT)
     text = "\n".join(line for block in blocks for line in block.lines)
     lowered = text.lower()

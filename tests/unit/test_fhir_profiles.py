@@ -64,12 +64,21 @@ def test_directory_has_the_expected_resources():
     expected = {
         "CodeSystem-cartox.json",
         "ValueSet-astct-grade.json",
+        "ValueSet-cartox-grading-assessment.json",
+        "ValueSet-grading-scale.json",
         "ValueSet-cartox-care-activity.json",
         "ValueSet-oxygen-delivery-device-code.json",
+        "ValueSet-plan-status.json",
+        "ValueSet-activity-role.json",
         "StructureDefinition-rule-set-version.json",
         "StructureDefinition-guideline-version.json",
         "StructureDefinition-data-completeness.json",
+        "StructureDefinition-grading-scale.json",
         "StructureDefinition-missing-data.json",
+        "StructureDefinition-plan-status.json",
+        "StructureDefinition-activity-role.json",
+        "StructureDefinition-activity-condition.json",
+        "StructureDefinition-activity-condition-met.json",
         "StructureDefinition-cartox-risk-assessment.json",
         "StructureDefinition-cartox-care-plan.json",
         "StructureDefinition-cartox-oxygen-device-observation.json",
@@ -129,7 +138,8 @@ def test_structure_definitions_url_base_and_name_match_file():
 def test_extensions_fix_their_own_url_and_one_value_type():
     exts = [(p, d) for p, d in _by_type("StructureDefinition") if d["type"] == "Extension"]
     assert {d["id"] for _, d in exts} >= {
-        "rule-set-version", "guideline-version", "data-completeness", "missing-data"}
+        "rule-set-version", "guideline-version", "data-completeness", "grading-scale", "missing-data",
+        "plan-status", "activity-role", "activity-condition", "activity-condition-met"}
     for path, sd in exts:
         assert sd["kind"] == "complex-type", path.name
         assert sd["baseDefinition"] == f"{FHIR_CORE}Extension", path.name
@@ -162,6 +172,11 @@ def test_profiles_are_resource_constraints_on_core():
             assert el["id"].split(".")[0].split(":")[0] == sd["type"], f"{path.name}: {el['id']}"
 
 
+# The only codes that are not lower-case kebab-case: the grading scales, whose codes are the guideline ids
+# of the grading rules (the service sends rule.guideline_id in the grading-scale extension).
+GRADING_SCALES = {"ASTCT-2019", "CTCAE-5.0"}
+
+
 def test_codesystem_concepts_are_unique_and_defined():
     cs = _codesystem()
     assert cs["status"] == "active"
@@ -173,13 +188,16 @@ def test_codesystem_concepts_are_unique_and_defined():
     for c in cs["concept"]:
         assert c.get("display") and c.get("definition"), c["code"]
         assert "concept" not in c, f"{c['code']}: the code system is flat"
-        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", c["code"]), c["code"]
+        if c["code"] in GRADING_SCALES:
+            assert re.fullmatch(r"[A-Z]+-[0-9]+(\.[0-9]+)*", c["code"]), c["code"]
+        else:
+            assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", c["code"]), c["code"]
 
 
 def test_codesystem_has_the_codes_the_service_relies_on():
     codes = {c["code"] for c in _codesystem()["concept"]}
     required = {
-        "crs-grade-astct", "icans-grade-astct",
+        "crs-grade-astct", "icans-grade-astct", *GRADING_SCALES,
         "grade-0", "grade-1", "grade-2", "grade-3", "grade-4", "grade-5", "not-assessable",
         "oxygen-delivery-device", "ice-total", "ice-orientation", "ice-naming", "ice-commands",
         "ice-writing", "ice-attention", "capd-total", "loc-astct",
@@ -195,6 +213,14 @@ def test_codesystem_has_the_codes_the_service_relies_on():
         "cart-investigational",
         "supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy",
         "weight-based-dosing",
+        "alert-neurology", "ice-monitoring", "elevate-head-of-bed", "neurologic-workup",
+        "treat-concurrent-crs", "hyperventilation",
+        # plan status, role and conditions of CarePlan drug activities
+        "give-now", "conditional", "blocked", "first-line", "second-line", "alternative", "adjunct",
+        "none", "replaced", "symptoms-persist", "fever-lasts", "no-improvement", "tocilizumab-failed",
+        "hypotension-persists-after-tocilizumab",
+        "concurrent-crs", "no-concurrent-crs", "tocilizumab-refractory", "no-crs-or-tocilizumab-refractory",
+        "seizure", "papilloedema", "raised-icp", "team-decides",
         "input-not-json", "input-not-bundle", "input-bad-parameter",
         "input-unsupported-media-type", "input-body-too-large", "input-wrong-type",
         "input-multiple-patients", "input-invalid-resource", "input-not-acceptable",
@@ -225,6 +251,12 @@ def test_valueset_codes_exist_in_codesystem():
                     assert concept["display"] == displays[code], f"{path.name}: {code} display"
 
 
+CARE_ACTIVITIES = (
+    "supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing",
+    "alert-neurology", "ice-monitoring", "elevate-head-of-bed", "neurologic-workup", "treat-concurrent-crs",
+    "hyperventilation")
+
+
 def test_valueset_contents():
     def codes(vs_id):
         [(_, vs)] = [(p, d) for p, d in _by_type("ValueSet") if d["id"] == vs_id]
@@ -234,9 +266,11 @@ def test_valueset_contents():
     cartox = CODESYSTEM_URL
     assert codes("astct-grade") == {(cartox, f"grade-{n}") for n in range(6)} | {
         (cartox, "not-assessable")}
-    assert codes("cartox-care-activity") == {(cartox, c) for c in (
-        "supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy",
-        "weight-based-dosing")}
+    assert codes("cartox-care-activity") == {(cartox, c) for c in CARE_ACTIVITIES}
+    assert codes("cartox-grading-assessment") == {(cartox, "crs-grade-astct"), (cartox, "icans-grade-astct")}
+    assert codes("grading-scale") == {(cartox, c) for c in GRADING_SCALES}
+    assert codes("plan-status") == {(cartox, c) for c in ("give-now", "conditional", "blocked")}
+    assert codes("activity-role") == {(cartox, c) for c in ("first-line", "second-line", "alternative", "adjunct")}
     assert codes("oxygen-delivery-device-code") == {
         ("http://loinc.org", "107117-4"), ("http://loinc.org", "41925-9"),
         (cartox, "oxygen-delivery-device")}
@@ -300,3 +334,269 @@ def test_readme_lists_every_file():
     for name in _file_ids():
         assert name in readme, f"README.md does not mention {name}"
     assert BASE in readme and "CARTOX_CANONICAL_BASE" in readme
+
+
+# ---------------------------------------------------------------- the output profiles (RiskAssessment, CarePlan)
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD_OF_GRADE = {
+    "crs-grade-astct": {n: f"D89.83{n}" for n in range(1, 5)},
+    "icans-grade-astct": {n: f"G92.0{n}" for n in range(1, 5)},
+}
+
+
+def _sd(sd_id: str) -> dict:
+    return _load(_dir() / f"StructureDefinition-{sd_id}.json")
+
+
+def _elements(sd_id: str) -> dict[str, dict]:
+    return {e["id"]: e for e in _sd(sd_id)["differential"]["element"]}
+
+
+def _constraints(sd_id: str) -> dict[str, dict]:
+    return {c["key"]: c for e in _sd(sd_id)["differential"]["element"] for c in e.get("constraint", [])}
+
+
+def _vs_url(vs_id: str) -> str:
+    return f"{BASE}/ValueSet/{vs_id}"
+
+
+def _vs_codes(vs_id: str) -> set[str]:
+    vs = _load(_dir() / f"ValueSet-{vs_id}.json")
+    return {c["code"] for inc in vs["compose"]["include"] for c in inc["concept"]}
+
+
+def _quoted(expression: str) -> set[str]:
+    return set(re.findall(r"'([^']*)'", expression))
+
+
+def test_risk_assessment_profile_is_the_grading_kind():
+    sd = _sd("cartox-risk-assessment")
+    els = _elements("cartox-risk-assessment")
+    # each finding kind has its own profile; windows are the rules' own
+    assert "own profile" in sd["description"] and "grading" in sd["description"]
+    assert "24 h" not in sd["description"] and "24 h" not in json.dumps(sd["differential"])
+    # code: a cartox coding (ctx-ra-1, no enumerated codes) bound to the grading assessments
+    ra1 = _constraints("cartox-risk-assessment")["ctx-ra-1"]
+    assert _quoted(ra1["expression"]) == {CODESYSTEM_URL}, "ctx-ra-1 must not enumerate codes"
+    assert els["RiskAssessment.code"]["min"] == 1
+    assert els["RiskAssessment.code.coding"]["slicing"]["discriminator"] == [{"type": "value", "path": "system"}]
+    cartox = els["RiskAssessment.code.coding:cartox"]
+    assert (cartox["min"], cartox["max"]) == (1, "1")
+    assert cartox["binding"] == {"strength": "required", "valueSet": _vs_url("cartox-grading-assessment")}
+    assert els["RiskAssessment.code.coding:cartox.system"]["fixedUri"] == CODESYSTEM_URL
+    # exactly two predictions: current window, maximum since day 0
+    prediction = els["RiskAssessment.prediction"]
+    assert (prediction["min"], prediction["max"]) == (2, "2")
+    assert "prediction[0]" in prediction["definition"] and "prediction[1]" in prediction["definition"]
+    assert "since day 0" in prediction["definition"] and "rule's" in prediction["definition"]
+    # prediction extensions: data-completeness, then grading-scale
+    slices = [(e["sliceName"], e["min"], e["max"], e["type"][0]["profile"]) for e in els.values()
+              if e["path"] == "RiskAssessment.prediction.extension" and "sliceName" in e]
+    assert slices == [
+        ("dataCompleteness", 1, "1", [f"{BASE}/StructureDefinition/data-completeness"]),
+        ("gradingScale", 1, "1", [f"{BASE}/StructureDefinition/grading-scale"]),
+    ]
+    # outcome: the generic grade slice and the ICD-10-CM slice of CRS and ICANS
+    grade = els["RiskAssessment.prediction.outcome.coding:grade"]
+    assert (grade["min"], grade["max"]) == (1, "1")
+    assert grade["binding"] == {"strength": "required", "valueSet": _vs_url("astct-grade")}
+    assert els["RiskAssessment.prediction.outcome.coding:grade.system"]["fixedUri"] == CODESYSTEM_URL
+    assert not [i for i in els if ":astctGrade" in i], "the grade slice is generic"
+    icd = els["RiskAssessment.prediction.outcome.coding:icd10cm"]
+    assert els["RiskAssessment.prediction.outcome.coding:icd10cm.system"]["fixedUri"] == ICD10CM
+    [ra7] = icd["constraint"]
+    assert ra7["key"] == "ctx-ra-7"
+    assert _quoted(ra7["expression"]) == {code for codes in ICD_OF_GRADE.values() for code in codes.values()}
+
+
+def test_grading_scale_extension():
+    sd = _sd("grading-scale")
+    els = _elements("grading-scale")
+    assert sd["url"] == f"{BASE}/StructureDefinition/grading-scale"
+    assert sd["context"] == [{"type": "element", "expression": "RiskAssessment.prediction"}]
+    value = els["Extension.value[x]"]
+    assert [t["code"] for t in value["type"]] == ["code"] and value["min"] == 1
+    assert value["binding"] == {"strength": "required", "valueSet": _vs_url("grading-scale")}
+    assert els["Extension.extension"]["max"] == "0"
+    assert _vs_codes("grading-scale") == GRADING_SCALES
+    displays = {c["code"]: c["display"] for c in _codesystem()["concept"]}
+    assert "Lee" in displays["ASTCT-2019"] and "2019" in displays["ASTCT-2019"]
+    assert displays["CTCAE-5.0"] == "Common Terminology Criteria for Adverse Events v5.0"
+
+
+def test_grade_valueset_is_shared_by_every_grading_scale():
+    vs = _load(_dir() / "ValueSet-astct-grade.json")
+    assert "every grading scale" in vs["title"] + vs["description"]
+    assert _vs_codes("astct-grade") == {f"grade-{n}" for n in range(6)} | {"not-assessable"}
+
+
+def test_care_plan_profile_is_the_merged_plan():
+    sd = _sd("cartox-care-plan")
+    els = _elements("cartox-care-plan")
+    assert "merged" in sd["description"] and "reasonCode" in sd["description"]
+    supporting = els["CarePlan.supportingInfo"]
+    assert (supporting["min"], supporting["max"]) == (1, "*")
+    assert supporting["type"][0]["targetProfile"] == [f"{BASE}/StructureDefinition/cartox-risk-assessment"]
+    assert "every" in supporting["definition"]
+    assert els["CarePlan.title"]["min"] == 1
+    reason = els["CarePlan.activity.detail.reasonCode"]
+    assert (reason["min"], reason["max"]) == (1, "1")
+    assert "icans-grade-astct" in reason["definition"] and "ICANS grade 3" in reason["definition"]
+    finding = els["CarePlan.activity.detail.reasonCode.coding:finding"]
+    assert (finding["min"], finding["max"]) == (1, "1")
+    assert finding["binding"]["valueSet"] == _vs_url("cartox-grading-assessment")
+    assert els["CarePlan.activity.detail.reasonCode.coding:finding.system"]["fixedUri"] == CODESYSTEM_URL
+    assert els["CarePlan.activity.detail.reasonCode.text"]["min"] == 1
+    # ctx-cp-2 names exactly the codes of the care activity ValueSet
+    cp2 = _constraints("cartox-care-plan")["ctx-cp-2"]
+    assert _quoted(cp2["expression"]) - {CODESYSTEM_URL, "MedicationRequest"} == set(CARE_ACTIVITIES)
+
+
+# Instances shaped as the service builds them: a CRS grade 3 and an ICANS grade 3 finding, and the merged plan.
+
+def _prediction(grade: int, assessment: str, start: str, end: str) -> dict:
+    coding = [{"system": CODESYSTEM_URL, "code": f"grade-{grade}", "display": f"Grade {grade}"}]
+    if grade in ICD_OF_GRADE[assessment]:
+        coding.append({"system": ICD10CM, "code": ICD_OF_GRADE[assessment][grade]})
+    return {
+        "extension": [{"url": f"{BASE}/StructureDefinition/data-completeness", "valueCode": "complete"},
+                      {"url": f"{BASE}/StructureDefinition/grading-scale", "valueCode": "ASTCT-2019"}],
+        "outcome": {"coding": coding},
+        "whenPeriod": {"start": start, "end": end},
+    }
+
+
+def _risk_assessment(assessment: str, current: int, maximum: int) -> dict:
+    end = "2026-03-06T12:00:00+01:00"
+    return {
+        "resourceType": "RiskAssessment",
+        "id": f"ra-{assessment}",
+        "meta": {"profile": [f"{BASE}/StructureDefinition/cartox-risk-assessment"]},
+        "extension": [{"url": f"{BASE}/StructureDefinition/rule-set-version", "valueString": "1.0.0+3f9a2c1b7e4d"},
+                      {"url": f"{BASE}/StructureDefinition/guideline-version", "valueString": "seed-S004"}],
+        "status": "final",
+        "code": {"coding": [{"system": CODESYSTEM_URL, "code": assessment}]},
+        "subject": {"reference": "Patient/example"},
+        "occurrenceDateTime": end,
+        "method": {"text": "Rule example 1.0.0; guideline seed-S004"},
+        "basis": [{"reference": "Observation/temp-1"}],
+        "prediction": [_prediction(current, assessment, "2026-03-05T12:00:00+01:00", end),
+                       _prediction(maximum, assessment, "2026-03-02T10:00:00+01:00", end)],
+    }
+
+
+def _care_plan() -> dict:
+    def reason(code, text):
+        return [{"coding": [{"system": CODESYSTEM_URL, "code": code}], "text": text}]
+    return {
+        "resourceType": "CarePlan",
+        "id": "cp-example",
+        "meta": {"profile": [f"{BASE}/StructureDefinition/cartox-care-plan"]},
+        "status": "active",
+        "intent": "proposal",
+        "title": "Management of CRS grade 3, ICANS grade 3",
+        "subject": {"reference": "Patient/example"},
+        "supportingInfo": [{"reference": "RiskAssessment/ra-crs-grade-astct"},
+                           {"reference": "RiskAssessment/ra-icans-grade-astct"}],
+        "activity": [
+            {"detail": {"kind": "CommunicationRequest", "status": "not-started",
+                        "code": {"coding": [{"system": CODESYSTEM_URL, "code": "alert-neurology"}]},
+                        "reasonCode": reason("icans-grade-astct", "ICANS grade 3"),
+                        "description": "Alert the neurologist."}},
+            {"detail": {"kind": "MedicationRequest", "status": "not-started",
+                        "productCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                               "code": "3264"}], "text": "dexamethasone"},
+                        "reasonCode": reason("icans-grade-astct", "ICANS grade 3"),
+                        "description": "Dexamethasone 20 mg IV every 6 h."}},
+            {"detail": {"kind": "ServiceRequest", "status": "not-started",
+                        "code": {"coding": [{"system": CODESYSTEM_URL, "code": "transfer-icu"}]},
+                        "reasonCode": reason("crs-grade-astct", "CRS grade 3"),
+                        "description": "Transfer to the ICU."}},
+        ],
+    }
+
+
+def _failing(resource: dict, sd_id: str, fhirpath) -> list[str]:
+    from fhirpathpy.models import models
+
+    failing = []
+    for el in _sd(sd_id)["differential"]["element"]:
+        path = el["path"].split(".", 1)[1] if "." in el["path"] else None
+        if ":icd10cm" in el["id"]:
+            path += f".where(system = '{ICD10CM}')"
+        for c in el.get("constraint", []):
+            expression = c["expression"] if path is None else f"{path}.all({c['expression']})"
+            if fhirpath.evaluate(resource, expression, {"resource": resource}, models["r4"]) != [True]:
+                failing.append(c["key"])
+    return sorted(failing)
+
+
+def _mutate(resource: dict, change) -> dict:
+    data = json.loads(json.dumps(resource))
+    change(data)
+    return data
+
+
+def _set_icd(prediction: int, code: str | None):
+    def change(ra):
+        coding = ra["prediction"][prediction]["outcome"]["coding"]
+        coding[:] = [c for c in coding if c["system"] != ICD10CM] + ([{"system": ICD10CM, "code": code}] if code else [])
+    return change
+
+
+def _set_scale(ra):
+    ra["prediction"][1]["extension"][1]["valueCode"] = "CTCAE-5.0"
+
+
+def _no_cartox_code(ra):
+    ra["code"]["coding"][0]["system"] = "http://snomed.info/sct"
+
+
+def _reason_without_text(cp):
+    del cp["activity"][0]["detail"]["reasonCode"][0]["text"]
+
+
+def _no_reason(cp):
+    del cp["activity"][1]["detail"]["reasonCode"]
+
+
+def _unknown_activity(cp):
+    cp["activity"][0]["detail"]["code"]["coding"][0]["code"] = "call-the-family"
+
+
+OUTPUT_BROKEN = [
+    ("icans-grade-astct", _set_icd(0, "D89.833"), "ctx-ra-4"),   # a CRS code on ICANS
+    ("icans-grade-astct", _set_icd(0, "G92.02"), "ctx-ra-4"),    # not the grade
+    ("icans-grade-astct", _set_icd(1, None), "ctx-ra-5"),        # ICANS grade 3 without its code
+    ("icans-grade-astct", _set_icd(0, "G92.05"), "ctx-ra-7"),
+    ("crs-grade-astct", _set_icd(0, "G92.03"), "ctx-ra-4"),
+    ("crs-grade-astct", _no_cartox_code, "ctx-ra-1"),
+    ("crs-grade-astct", _set_scale, "ctx-ra-8"),
+]
+
+
+def test_output_invariants_hold_on_conforming_instances_and_fail_on_broken_ones():
+    import fhirpathpy as fhirpath  # a test dependency: the invariants are evaluated, never skipped
+    for assessment in ICD_OF_GRADE:
+        ra = _risk_assessment(assessment, 3, 3)
+        get_fhir_model_class("RiskAssessment").model_validate(ra)
+        assert _failing(ra, "cartox-risk-assessment", fhirpath) == [], assessment
+        assert _failing(_risk_assessment(assessment, 0, 2), "cartox-risk-assessment", fhirpath) == []
+    for assessment, change, key in OUTPUT_BROKEN:
+        assert key in _failing(_mutate(_risk_assessment(assessment, 3, 3), change), "cartox-risk-assessment", fhirpath), key
+    care_plan = _care_plan()
+    get_fhir_model_class("CarePlan").model_validate(care_plan)
+    assert _failing(care_plan, "cartox-care-plan", fhirpath) == []
+    for change, key in ((_reason_without_text, "ctx-cp-4"), (_no_reason, "ctx-cp-4"), (_unknown_activity, "ctx-cp-2")):
+        assert key in _failing(_mutate(care_plan, change), "cartox-care-plan", fhirpath), key
+
+
+def test_readme_documents_finding_kinds_merged_plan_and_grading_scale():
+    readme = (_dir() / "README.md").read_text(encoding="utf-8")
+    assert "### Finding kinds and their profiles" in readme
+    assert "### Grading scale" in readme
+    assert f"{BASE}/StructureDefinition/grading-scale" in readme
+    for word in ("gradingScale", "reasonCode", "merged", "cartox-grading-assessment", "G92.01", "D89.831",
+                 *GRADING_SCALES):
+        assert word in readme, word

@@ -85,21 +85,25 @@ def test_every_decoded_type_has_a_normaliser_or_is_read_by_one():
 
 
 def test_types_no_rule_reads_are_listed_as_ignored_types(fhir, build, unit_engine):
-    """The shipped rules read no finding or procedure yet: Conditions and Procedures are ignored types."""
+    """ICANS reads findings (Conditions) but no shipped rule reads a procedure yet: Procedures are an ignored
+    type; a Condition whose code no rule reads is an ignored code, never silently dropped."""
     body = fhir.bundle(fhir.patient(), _condition(fhir), _condition(fhir, "c2", "109969005"), _procedure(fhir))
     timeline = build(body, unit_engine.rules.input_terminology)
-    assert timeline.findings == {} and timeline.procedures == {}
+    assert list(timeline.findings) == ["seizure"] and timeline.procedures == {}
     notes = {n.message: n.count for n in _notes(timeline, "ignored-resource-type")}
-    assert notes == {"Condition is not used by the rules": 2, "Procedure is not used by the rules": 1}
-    assert not _notes(timeline, "ignored-code")
+    assert notes == {"Procedure is not used by the rules": 1}
+    assert [n.message for n in _notes(timeline, "ignored-code")] == ["code sct|109969005 is not used by the rules"]
 
 
 def test_unread_scores_and_assessments_are_ignored_codes(fhir, build, unit_engine):
-    body = fhir.bundle(fhir.patient(), _score(fhir, "ice", "ice-total", integer=8), _answer(fhir, "loc", "loc-astct", "alert"))
+    """The ICE total and the level of consciousness are read; the ICE item scores are not (yet)."""
+    body = fhir.bundle(fhir.patient(), _score(fhir, "ice", "ice-total", integer=8), _answer(fhir, "loc", "loc-astct", "alert"),
+                       _score(fhir, "io", "ice-orientation", integer=3))
     timeline = build(body, unit_engine.rules.input_terminology)
-    assert timeline.measurements == {} and timeline.coded == {}
+    assert [f.value for f in timeline.measurements["ice-total"]] == [8]
+    assert [f.value for f in timeline.coded["loc-astct"]] == ["alert"]
     labels = sorted(n.message for n in _notes(timeline, "ignored-code"))
-    assert labels == ["code cartox|ice-total is not used by the rules", "code cartox|loc-astct is not used by the rules"]
+    assert labels == ["code cartox|ice-orientation is not used by the rules"]
     assert all(n.severity == "information" for n in _notes(timeline, "ignored-code"))
 
 

@@ -47,9 +47,14 @@ def _rules_error(directory: Path, **kwargs) -> RulesError:
 # --- the shipped rule set ----------------------------------------------------------------------------------
 
 def test_shipped_rule_set_loads(rule_set):
-    assert [rule.info.rule_id for rule in rule_set.grading] == ["crs-astct"]
+    assert [rule.info.rule_id for rule in rule_set.grading] == ["crs-astct", "icans-astct"]
     assert rule_set.management["crs-management"].applies_to == "crs-astct"
-    assert "crs_astct.yaml" in rule_set.files
+    assert rule_set.management["icans-management"].applies_to == "icans-astct"
+    assert rule_set.management["icans-management"].reads == ("crs-astct",)
+    order = [c.rule_id for c in rule_set.ordered]
+    assert order.index("crs-astct") < order.index("icans-management")  # ICANS management reads the CRS grade
+    assert order[-1] == "care-plan"  # the merge runs after every management rule
+    assert {"crs_astct.yaml", "icans_astct.yaml", "icans_management.yaml", "care_plan.yaml"} <= set(rule_set.files)
     assert "concepts.yaml" in rule_set.files
     assert not any(".cases." in name for name in rule_set.files)
 
@@ -314,8 +319,24 @@ def test_a_cycle_of_reads_is_rejected(rules_copy):
 
 
 def test_reading_an_unknown_rule_is_rejected(rules_copy):
-    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["icans-astct"]))
-    assert "reads unknown rules ['icans-astct']" in str(_rules_error(rules_copy))
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["neutropenia-ctcae"]))
+    assert "reads unknown rules ['neutropenia-ctcae']" in str(_rules_error(rules_copy))
+
+
+def test_a_condition_reading_a_rule_not_in_reads_is_rejected(rules_copy):
+    _edit_yaml(rules_copy / "icans_management.yaml", lambda d: d.update(reads=[]))
+    assert "rule 'crs-astct' is not in reads" in str(_rules_error(rules_copy))
+
+
+def test_management_rules_need_one_care_plan_rule(rules_copy):
+    (rules_copy / "care_plan.yaml").unlink()
+    assert "exactly one care_plan rule" in str(_rules_error(rules_copy))
+
+
+def test_a_cycle_through_a_finding_read_is_rejected(rules_copy):
+    """CRS grading reading ICANS management, which reads the CRS grade: a cycle."""
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["icans-management"]))
+    assert "cycle" in str(_rules_error(rules_copy))
 
 
 def test_a_guideline_a_management_rule_lacks_falls_back_to_its_default(rules_copy):

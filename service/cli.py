@@ -149,13 +149,21 @@ def lint(directory: str | None) -> None:
 @click.option("-k", "keyword", default=None, help="Only cases whose name contains this text.")
 def test(directory: str | None, keyword: str | None) -> None:
     """Run the named cases in rules/*.cases.yaml."""
+    import jsonschema
+
     from service.rule_cases.cases import CaseFailure, load_cases, run_case
     from service.rules_engine.load import case_files
 
     path = _rules_dir(directory)
     passed = failed = 0
     for case_file in case_files(path):
-        for case in load_cases(case_file, path / "schema"):
+        try:
+            cases = load_cases(case_file, path / "schema")
+        except (CartoxError, RulesError, ValueError, jsonschema.ValidationError) as exc:  # a case file that cannot be read fails, named
+            failed += 1
+            click.echo(f"FAIL {case_file.name}: {str(exc).splitlines()[0]}")
+            continue
+        for case in cases:
             if keyword and keyword not in case.name:
                 continue
             try:

@@ -249,23 +249,30 @@ def _actions(outcome: Outcome, rule: str):
 def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
     """Compare an outcome with the case's `expect` block; raise CaseFailure naming the first difference."""
     expect = case.spec["expect"]
-    finding = _finding(outcome, graded_rule)
+
+    def finding():  # a care-plan case names no single finding: looked up only by the checks that need it
+        return _finding(outcome, graded_rule)
+
     checks: dict[str, Callable[[Any], None]] = {
-        "current_grade": lambda v: _expect_equal("current grade", _grade(finding.current.grade), v),
-        "max_grade": lambda v: _expect_equal("maximum grade", _grade(finding.maximum.grade), v),
-        "onset_day": lambda v: _expect_equal("onset day", finding.onset_day, v),
-        "atypical_onset": lambda v: _expect_equal("atypical onset", finding.atypical_onset, v),
-        "incomplete": lambda v: _expect_equal("incomplete", finding.current.incomplete, v),
-        "reasons_include": lambda v: _include("reasons", [r.criterion for r in finding.current.reasons], v),
-        "evidence_includes": lambda v: _include("evidence", [f.source for f in finding.current.evidence], v),
-        "evidence_excludes": lambda v: _exclude("evidence", [f.source for f in finding.current.evidence + finding.maximum.evidence], v),
-        "missing_includes": lambda v: _include_text("missing data", finding.current.missing, v),
-        "notes_include": lambda v: _include_text("grade notes", finding.current.notes + finding.maximum.notes, v),
+        "current_grade": lambda v: _expect_equal("current grade", _grade(finding().current.grade), v),
+        "max_grade": lambda v: _expect_equal("maximum grade", _grade(finding().maximum.grade), v),
+        "onset_day": lambda v: _expect_equal("onset day", finding().onset_day, v),
+        "atypical_onset": lambda v: _expect_equal("atypical onset", finding().atypical_onset, v),
+        "incomplete": lambda v: _expect_equal("incomplete", finding().current.incomplete, v),
+        "reasons_include": lambda v: _include("reasons", [r.criterion for r in finding().current.reasons], v),
+        "evidence_includes": lambda v: _include("evidence", [f.source for f in finding().current.evidence], v),
+        "evidence_excludes": lambda v: _exclude("evidence", [f.source for f in finding().current.evidence + finding().maximum.evidence], v),
+        "missing_includes": lambda v: _include_text("missing data", finding().current.missing, v),
+        "notes_include": lambda v: _include_text("grade notes", finding().current.notes + finding().maximum.notes, v),
         "input_notes_include": lambda v: _include("input notes", [n.code for n in outcome.timeline.notes], v),
-        "day_zero_known": lambda v: _expect_equal("day 0 known", finding.day_zero_known, v),
-        "cards": lambda v: _expect_equal("number of cards", len(_cards_of(outcome, finding)), v),
-        "card_indicator": lambda v: _expect_equal("card indicator", next((c["indicator"] for c in _cards_of(outcome, finding)), None), v),
+        "day_zero_known": lambda v: _expect_equal("day 0 known", finding().day_zero_known, v),
+        "cards": lambda v: _expect_equal("number of cards", len(_cards_of(outcome, finding())), v),
+        "card_indicator": lambda v: _expect_equal("card indicator", next((c["indicator"] for c in _cards_of(outcome, finding())), None), v),
         "plan": lambda v: _check_plan(outcome, graded_rule, v),
+        "grades": lambda v: [_expect_equal(f"{rule} current grade", _grade(_finding(outcome, rule).current.grade), grade)
+                             for rule, grade in v.items()],
+        "care_plan": lambda v: _check_care_plan(outcome, v),
+        "card_order": lambda v: _expect_equal("card order", [c["source"]["topic"]["code"] for c in outcome.cards], v),
     }
     for key, value in expect.items():
         if key == "error":
@@ -305,6 +312,35 @@ def _check_plan(outcome: Outcome, graded_rule: str, expected: Mapping[str, Any] 
         return
     if plan is None:
         raise CaseFailure("expected a plan, got none")
+    _check_actions(plan, actions, expected)
+
+
+def _check_care_plan(outcome: Outcome, expected: Mapping[str, Any] | None) -> None:
+    """The patient's one plan, merged from every finding's (`drivers`: drug -> the finding it is for)."""
+    combined = outcome.evaluation.care_plan
+    if expected is None:
+        _expect_equal("care plan", combined is None, True)
+        return
+    if combined is None:
+        raise CaseFailure("expected a care plan, got none")
+    rest = dict(expected)
+    for key, value in (("title", rest.pop("title", None)), ("drivers", rest.pop("drivers", None))):
+        if value is None:
+            continue
+        if key == "title":
+            _expect_equal("care plan title", combined.title, value)
+        else:
+            drivers = {a.code: a.driver for a in combined.actions if a.kind == "drug"}
+            for drug, driver in value.items():
+                _expect_equal(f"{drug} is for", drivers.get(drug, "absent"), driver)
+    drugs = [a.code for a in combined.actions if a.kind == "drug"]
+    if len(drugs) != len(set(drugs)):
+        raise CaseFailure(f"the same drug twice in the merged plan: {drugs}")
+    _check_actions(combined, combined.actions, rest)
+
+
+def _check_actions(plan: Any, actions: tuple[Any, ...], expected: Mapping[str, Any]) -> None:
+    """A plan's (or the merged plan's) activities against a `plan` / `care_plan` expectation block."""
     codes = [a.code for a in actions]
     for key, value in expected.items():
         if key == "guideline":

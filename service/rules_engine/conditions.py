@@ -655,26 +655,34 @@ def finding_present(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, Ca
 
     def active(ctx: Context, window: Window) -> list[tuple[int, Any]]:
         found = []
+        floor = ctx.floor()
         for concept, level in levels.items():
             for fact in ctx.timeline.findings.get(concept, ()):
                 if fact.time > window.end:
                     break
+                if fact.time <= floor:  # began before day 0 (e.g. known epilepsy): baseline, never toxicity
+                    continue
                 end = fact.end if fact.end is not None else (fact.time if fact.clinical_status in _INACTIVE else None)
                 if end is None or end > window.start or (end == fact.time and window.contains(fact.time)):
                     found.append((level, fact))
         return found
 
+    def before_day_zero(ctx: Context) -> tuple[str, ...]:
+        floor = ctx.floor()
+        return tuple(f"{ctx.terminology.display(concept)} recorded before the CAR-T infusion: not counted"
+                     for concept in levels if any(f.time <= floor for f in ctx.timeline.findings.get(concept, ())))
+
     def evaluate(ctx: Context, window: Window) -> Result:
         found = active(ctx, window)
         if not found:
-            return Result(0)
+            return Result(0, notes=before_day_zero(ctx))
         top = max(level for level, _ in found)
         evidence = tuple(fact for level, fact in found if level == top)
         incomplete = None
         if incomplete_text:
             incomplete = f"{incomplete_text}: " + ", ".join(dict.fromkeys(ctx.terminology.display(f.concept) for f in evidence))
         times = [f.time for _, f in found]
-        return Result(float(top), evidence, min(times), max(times), incomplete=incomplete)
+        return Result(float(top), evidence, min(times), max(times), notes=before_day_zero(ctx), incomplete=incomplete)
 
     def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
         return [max(f.time, window.start + _INSTANT) for level, f in active(ctx, window) if level > 0]

@@ -44,7 +44,8 @@ from typing import Any, Iterator, Mapping
 import orjson
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
 from service.pipeline import Engine, Outcome, RequestOptions
@@ -326,10 +327,12 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             item["rate_ml_h"] = draw(st.sampled_from((80, 125, 250, 499, 500, 1000)))
         yield item
 
+    levels = st.sampled_from(("alert", "alert", "awakens-spontaneously", "awakens-to-voice", "awakens-to-tactile", "unarousable"))
+
     def pre_infusion() -> Iterator[dict[str, Any]]:
         """Something charted before the infusion: the day before, or weeks before (home oxygen)."""
         before = -draw(st.one_of(st.integers(1, 3 * DAY // MINUTE), st.integers(1, 40 * 24 * 60))) * MINUTE
-        kind = draw(st.sampled_from(("temp", "bp", "pressor", "device", "flow", "fio2", "therapy", "bolus")))
+        kind = draw(st.sampled_from(("temp", "bp", "pressor", "device", "flow", "fio2", "therapy", "bolus", "ice", "seizure")))
         if kind == "temp":
             yield observation("temp", draw(st.sampled_from((37.0, 38.5, 39.4))), before)
         elif kind == "bp":
@@ -345,6 +348,14 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             yield observation("fio2", draw(st.sampled_from((30, 60))), before)
         elif kind == "therapy":
             yield {"med": draw(st.sampled_from(("acetaminophen", "tocilizumab"))), "at": at(before)}
+        elif kind == "ice":
+            yield observation("ice", draw(st.sampled_from((2, 6, 9))), before)
+            yield observation("loc", draw(levels), before)
+        elif kind == "seizure":  # known epilepsy: a seizure Condition from before day 0, active or abated
+            item = {"finding": "91175000", "at": at(before)}
+            if draw(st.booleans()):
+                item["abated"] = at(before + 10 * MINUTE)
+            yield item
         else:
             yield {"med": "saline bolus", "at": at(before)}
 
@@ -380,10 +391,53 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                     yield observation("spo2", draw(st.sampled_from((91, 94, 96, 98))), moment)
             moment += every
 
+    def neuro_round() -> Iterator[dict[str, Any]]:
+        """Neurological assessments every few hours: an ICE or CAPD score (or one not performed) with the level
+        of consciousness at the same time, or either alone."""
+        start, every = draw(when), draw(st.sampled_from((120, 240, 480)))
+        for step in range(draw(st.integers(1, 6))):
+            moment = start + step * every * MINUTE
+            shape = draw(st.sampled_from(("both", "both", "both", "score", "loc")))
+            if shape != "loc":
+                key = draw(st.sampled_from(("ice", "ice", "capd")))
+                value = draw(st.sampled_from((10, 9, 7, 6, 3, 2, 0) if key == "ice" else (0, 1, 8, 9, 12, 20)))
+                if draw(st.integers(0, 9)) == 0:
+                    yield observation(key, "not-done", moment, reason="patient unarousable")
+                else:
+                    yield observation(key, value, moment)
+            if shape != "score":
+                yield observation("loc", draw(levels), moment)
+
+    def neuro_event() -> Iterator[dict[str, Any]]:
+        """A seizure, motor finding or oedema: an ASTCT answer, or a SNOMED CT finding as a Condition (with or
+        without abatement) or an Observation."""
+        start = draw(when)
+        kind = draw(st.sampled_from(("seizure", "motor", "edema", "condition", "condition", "finding-observation")))
+        if kind == "seizure":
+            yield observation("seizure", draw(st.sampled_from(("rapidly-resolving", "eeg-resolved-with-intervention", "prolonged-or-repetitive"))), start)
+        elif kind == "motor":
+            yield observation("motor", "focal-deep-weakness", start)
+        elif kind == "edema":
+            yield observation("edema", draw(st.sampled_from(("focal-local-edema", "diffuse-edema", "papilledema", "cushings-triad"))), start)
+        else:
+            code = draw(st.sampled_from(("91175000", "2032001", "423341008", "26079004")))
+            if kind == "finding-observation":
+                yield {"finding": code, "as": "observation", "at": at(start)}
+            else:
+                item: dict[str, Any] = {"finding": code, "at": at(start)}
+                if draw(st.booleans()):
+                    item["abated"] = at(start + draw(st.sampled_from((5, 60, 24 * 60, 3 * 24 * 60))) * MINUTE)
+                if draw(st.integers(0, 5)) == 0:
+                    item["verification"] = draw(st.sampled_from(("refuted", "entered-in-error", "provisional")))
+                yield item
+
     if draw(st.integers(0, 3)) < 3:  # (the simplest draw, 0, keeps the backbone)
         resources.extend(ward())
+    if draw(st.booleans()):  # neurological assessments over the days
+        resources.extend(item for _ in range(draw(st.integers(1, 4))) for item in neuro_round())
     makers = (temperature, temperature, temperature, charting, charting, blood_pressure, blood_pressure, oxygen, oxygen,
-              oxygen, vasopressors, vasopressors, escalation, waiver_therapy, waiver_therapy, fluids, pre_infusion)
+              oxygen, vasopressors, vasopressors, escalation, waiver_therapy, waiver_therapy, fluids, pre_infusion,
+              neuro_round, neuro_round, neuro_event)
     for index in draw(st.lists(st.integers(0, len(makers) - 1), max_size=20)):
         resources.extend(makers[index]())
     for number, item in enumerate(resources):
@@ -507,6 +561,8 @@ def problems_of(scenario: Scenario) -> tuple[list[str], Timeline, list[dict[str,
         finding = findings[rule_id]
         best, best_window, current_window, current_grade = _brute_force(rule, timeline, problems)
         engine_max, engine_current = finding.maximum.grade, finding.current.grade
+        if currently_in_test_context():  # --hypothesis-show-statistics: every grade of every rule is reached
+            event(f"{rule_id} maximum {_shown(engine_max)}")
         label = f"{rule_id}: "
         if _rank(engine_max) != _rank(best):
             problems.append(f"{label}maximum grade: brute force {_shown(best)} (window {_window_text(timeline, best_window)}), "

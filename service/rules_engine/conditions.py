@@ -643,6 +643,57 @@ def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, 
     return evaluate, candidates
 
 
+def same_assessment(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    """A join: every part recorded at the same assessment (within `within_minutes` of each other) in the
+    window gives `level` (ASTCT "ICE 0 because unarousable": an ICE of 0, or an ICE not performed, recorded
+    with "unarousable"). A part is a measurement at most `up_to` (with `or_not_performed`, an assessment
+    recorded as not done counts too) or a coded answer among `values`. No join: level 0 (the parts' own
+    criteria report their missing data)."""
+    tolerance = timedelta(minutes=c.number(spec["within_minutes"]))
+    level = int(c.number(spec["level"]))
+    parts: list[tuple[str, str, Any, bool]] = []  # (kind, concept, test, or_not_performed)
+    for part in spec["parts"]:
+        if "values" in part:
+            parts.append(("coded", c.coded_observation(part["concept"]), frozenset(part["values"]), False))
+        else:
+            parts.append(("measured", c.measurement(part["concept"]), c.number(part["up_to"]), bool(part.get("or_not_performed"))))
+
+    def qualifying(ctx: Context, window: Window, part: tuple[str, str, Any, bool]) -> list[Any]:
+        kind, concept, test, or_not_performed = part
+        if kind == "coded":
+            facts = ctx.timeline.coded.get(concept, ())
+            times = ctx.timeline.coded_times.get(concept, ())
+            return [f for f in facts[bisect_right(times, window.start): bisect_right(times, window.end)] if f.value in test]
+        found: list[Any] = [f for f in _in_window(ctx.timeline, concept, window) if f.value <= test]
+        if or_not_performed:
+            records = ctx.timeline.not_performed.get(concept, ())
+            times = ctx.timeline.not_performed_times.get(concept, ())
+            found += records[bisect_right(times, window.start): bisect_right(times, window.end)]
+        return found
+
+    def joins(ctx: Context, window: Window) -> list[tuple[Any, ...]]:
+        first, *others = (qualifying(ctx, window, part) for part in parts)
+        matched = []
+        for anchor in first:
+            partners = [[f for f in facts if abs(f.time - anchor.time) <= tolerance] for facts in others]
+            if all(partners):
+                matched.append((anchor, *(min(p, key=lambda f: abs(f.time - anchor.time)) for p in partners)))
+        return matched
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        matched = joins(ctx, window)
+        if not matched:
+            return Result(0)
+        evidence = tuple(dict.fromkeys(f for join in matched for f in join))
+        times = [max(f.time for f in join) for join in matched]
+        return Result(float(level), evidence, min(times), max(times))
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        return [max(f.time for f in join) for join in joins(ctx, window)]
+
+    return evaluate, candidates
+
+
 _INACTIVE = frozenset({"inactive", "remission", "resolved"})
 
 
@@ -754,6 +805,14 @@ CONDITION_TYPES: dict[str, ConditionType] = {
         finding_present, ("levels",),
         {"levels": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 0}},
          "incomplete": {"type": "string"}}),
+    "same_assessment": ConditionType(
+        same_assessment, ("parts", "within_minutes", "level"),
+        {"within_minutes": _NUMBER, "level": {"type": "integer", "minimum": 1},
+         "parts": {"type": "array", "minItems": 2, "items": {
+             "type": "object", "required": ["concept"], "additionalProperties": False,
+             "properties": {"concept": {"type": "string"}, "up_to": _NUMBER, "or_not_performed": {"type": "boolean"},
+                            "values": _STRINGS},
+             "oneOf": [{"required": ["up_to"]}, {"required": ["values"]}]}}}),
     "coded_level": ConditionType(
         coded_level, ("concept", "levels"),
         {"concept": {"type": "string"}, "levels": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},

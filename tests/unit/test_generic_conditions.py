@@ -173,3 +173,45 @@ def test_measurement_level_reports_an_assessment_not_performed(run, terminology)
     result = run(ice, [undone])
     assert result.value is None
     assert result.missing.startswith("ICE score not performed (patient unarousable) at ")
+
+
+# --- same_assessment ---------------------------------------------------------------------------------------
+ICE_BECAUSE_UNAROUSABLE = {"type": "same_assessment", "within_minutes": 30, "level": 4, "parts": [
+    {"concept": "ice-total", "up_to": 0, "or_not_performed": True},
+    {"concept": "loc-astct", "values": ["unarousable"]},
+]}
+
+
+def ice(value: float, when: datetime) -> Measurement:
+    return Measurement("ice-total", value, "{score}", when, f"Observation/ice{when:%H%M}", f"{value:g} {{score}}")
+
+
+def consciousness(value: str, when: datetime) -> CodedValue:
+    return CodedValue("loc-astct", value, value, when, None, False, f"Observation/loc{when:%H%M}")
+
+
+def test_same_assessment_joins_parts_recorded_together(run):
+    result = run(ICE_BECAUSE_UNAROUSABLE, [ice(0, at(4)), consciousness("unarousable", at(4) + timedelta(minutes=10))])
+    assert result.value == 4.0
+    assert sorted(f.source for f in result.evidence) == ["Observation/ice0800", "Observation/loc0810"]
+    assert result.first_positive == result.last_positive == at(4) + timedelta(minutes=10)  # the join holds once both are recorded
+
+
+def test_same_assessment_not_performed_counts_as_the_part(run):
+    undone = NotPerformed("ice-total", at(2), "patient unarousable", "not-performed", "Observation/ice1")
+    assert run(ICE_BECAUSE_UNAROUSABLE, [undone, consciousness("unarousable", at(2))]).value == 4.0
+
+
+@pytest.mark.parametrize("facts", [
+    pytest.param([ice(0, at(8)), consciousness("unarousable", at(4))], id="hours apart: two assessments"),
+    pytest.param([ice(0, at(4)), consciousness("alert", at(4))], id="awake: ICE 0 is not because unarousable"),
+    pytest.param([ice(2, at(4)), consciousness("unarousable", at(4))], id="ICE above the part's bound"),
+    pytest.param([consciousness("unarousable", at(4))], id="one part only"),
+])
+def test_same_assessment_needs_every_part_at_one_assessment(run, facts):
+    result = run(ICE_BECAUSE_UNAROUSABLE, facts)
+    assert result.value == 0 and result.missing is None  # no join: the parts' own criteria report missing data
+
+
+def test_same_assessment_only_inside_the_window(run):
+    assert run(ICE_BECAUSE_UNAROUSABLE, [ice(0, at(30)), consciousness("unarousable", at(30))]).value == 0

@@ -17,7 +17,9 @@ from service.timeline.facts import Fact, Timeline
 Expression = Callable[[Context, Window], tuple[bool | None, list[Reason], list[str]]]
 
 
-def compile_expression(spec: Any, criteria: Mapping[str, Compiled], rule_id: str) -> Expression:
+def compile_expression(spec: Any, criteria: Mapping[str, Compiled], rule_id: str, every_reason: bool = True) -> Expression:
+    """`every_reason`: an `any` evaluates every part and gives the reasons of all that hold (what a card shows);
+    without it, it stops at the first part that holds (enough for the truth alone, as the sweep needs)."""
     if isinstance(spec, str):
         spec = {"criterion": spec}
     if "criterion" in spec:
@@ -38,12 +40,12 @@ def compile_expression(spec: Any, criteria: Mapping[str, Compiled], rule_id: str
         return criterion
     for operator in ("any", "all"):
         if operator in spec:
-            parts = [compile_expression(part, criteria, rule_id) for part in spec[operator]]
-            return _any(parts) if operator == "any" else _all(parts)
+            parts = [compile_expression(part, criteria, rule_id, every_reason) for part in spec[operator]]
+            return _any(parts, every_reason) if operator == "any" else _all(parts)
     raise RulesError(rule_id, f"cannot compile expression {spec!r}")
 
 
-def _any(parts: list[Expression]) -> Expression:
+def _any(parts: list[Expression], every_reason: bool) -> Expression:
     """True with the reasons of every part that holds (a card names each criterion that reached the grade)."""
     def evaluate(ctx: Context, window: Window) -> tuple[bool | None, list[Reason], list[str]]:
         unknown: list[str] = []
@@ -54,6 +56,8 @@ def _any(parts: list[Expression]) -> Expression:
             if truth:
                 holds = True
                 held += reasons
+                if not every_reason:
+                    break
             elif truth is None:
                 unknown += missing
         if holds:
@@ -82,7 +86,8 @@ def _all(parts: list[Expression]) -> Expression:
 @dataclass(frozen=True)
 class Level:
     grade: int
-    when: Expression
+    when: Expression  # with every reason that holds
+    holds: Expression  # the truth alone (stops at the first part that holds)
 
 
 class GradingRule:
@@ -111,7 +116,10 @@ class GradingRule:
         )
         self.window = timedelta(hours=self.window_hours)
         self.requires = compile_expression(grading["requires"], self.criteria, rule_id)
-        self.levels = [Level(int(level["grade"]), compile_expression(level["when"], self.criteria, rule_id)) for level in grading["levels"]]
+        self.requires_holds = compile_expression(grading["requires"], self.criteria, rule_id, every_reason=False)
+        self.levels = [Level(int(level["grade"]), compile_expression(level["when"], self.criteria, rule_id),
+                             compile_expression(level["when"], self.criteria, rule_id, every_reason=False))
+                       for level in grading["levels"]]
         self.atypical_after = int(compiler.number(grading["atypical_onset_after_day"])) if "atypical_onset_after_day" in grading else None
         self.onset_criterion = next((name for name, spec in document["criteria"].items() if spec["type"] == "first_occurrence"), None)
         self.episode = _EpisodeSpec.compile(grading["episode"], self.criteria, compiler) if "episode" in grading else None
@@ -183,11 +191,11 @@ class GradingRule:
 
     def grade_only(self, ctx: Context, window: Window) -> int | None:
         """The grade of a window without its evidence: the sweep over past windows needs only this."""
-        truth = self.requires(ctx, window)[0]
+        truth = self.requires_holds(ctx, window)[0]
         if not truth:
             return None if truth is None else 0
         for level in self.levels:
-            if level.when(ctx, window)[0]:
+            if level.holds(ctx, window)[0]:
                 return level.grade
         return 0
 

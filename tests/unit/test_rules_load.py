@@ -380,3 +380,22 @@ def test_rule_schema_criterion_definition_comes_from_the_condition_registry():
 def test_a_criterion_parameter_unknown_to_its_condition_type_is_rejected(rules_copy):
     _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d["criteria"]["fever"].update(thresold=38))
     assert "schema validation failed" in str(_rules_error(rules_copy))
+
+
+def test_every_code_a_plan_emits_is_in_the_codesystem():
+    """Activity conditions and care actions named in the management rules are CodeSystem codes (and actions are
+    in the care-activity ValueSet): a new rule file cannot emit an undefined code."""
+    profiles = REPO / "fhir_profiles"
+    codes = {c["code"] for c in json.loads((profiles / "CodeSystem-cartox.json").read_text(encoding="utf-8"))["concept"]}
+    value_set = json.loads((profiles / "ValueSet-cartox-care-activity.json").read_text(encoding="utf-8"))
+    activities = {c["code"] for include in value_set["compose"]["include"] for c in include.get("concept", [])}
+    conditions, actions = {"none", "alternative", "replaced"}, set()
+    for path in rule_files(rules_dir()):
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if document["kind"] != "management":
+            continue
+        conditions |= set(document.get("conditions", {}))
+        actions |= {item["action"] for version in document["guidelines"].values()
+                    for items in version["grades"].values() for item in items if "action" in item}
+    assert conditions - codes == set()
+    assert actions - activities == set()

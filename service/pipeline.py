@@ -27,7 +27,7 @@ from service.fhir_output.build import (
     validated,
 )
 from service.rules_engine.load import Evaluation, RuleSet, load_rule_set
-from service.rules_engine.model import Finding
+from service.rules_engine.model import Finding, MetricsFinding
 from service.settings import Settings
 from service.timeline.build import BuildOptions, SourcedEntry, build_timeline, entries_from_bundle
 from service.timeline.facts import Timeline
@@ -151,11 +151,9 @@ def strict_validate(body: bytes) -> None:
             ) from None
 
 
-def finding_digest(finding: Finding) -> str:
-    """What the finding says (grades and evidence): different findings never share an output id."""
-    parts = [str(finding.current.grade), str(finding.maximum.grade)]
-    parts += sorted({fact.source for fact in finding.current.evidence + finding.maximum.evidence})
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def finding_digest(finding: Finding | MetricsFinding) -> str:
+    """What the finding says (grades or values, and evidence): different findings never share an output id."""
+    return hashlib.sha256("|".join(finding.digest_parts()).encode()).hexdigest()[:16]
 
 
 _DEFAULT_ENGINE: Engine | None = None

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from service.cds_cards.markdown import Markdown, bullet_list, document, md, paragraph, strong
 from service.fhir_input.concepts import Terminology
-from service.fhir_output.build import OutputConfig, stable_id
+from service.fhir_output.build import OutputConfig, metrics_summary, stable_id
 from service.fhir_output.wording import fact_text, grade_text, measurement_text, reason_text
 from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
-from service.rules_engine.model import Finding, Reason
+from service.rules_engine.model import Finding, MetricsFinding, Reason
 from service.timeline.facts import Fact, Measurement, Timeline
 
 SUMMARY_LIMIT = 140
@@ -33,7 +33,7 @@ OVERRIDE_REASONS = (
 
 @dataclass(frozen=True)
 class CardInput:
-    finding: Finding
+    finding: Finding | MetricsFinding
     risk_assessment: dict[str, Any]
     plan: CombinedPlan | None  # the patient's one plan (every finding's), or None when nothing is recommended
     care_plan: dict[str, Any] | None  # its CarePlan resource
@@ -148,38 +148,72 @@ def _sources(facts: list[Fact]) -> str:
     return ", ".join(dict.fromkeys(f.source for f in facts))
 
 
-def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
+def _grading_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> tuple[list[Markdown], list[Markdown]]:
+    """A graded finding's blocks before the plan (grade, why, onset) and after it (evidence, what was missing)."""
     finding = item.finding
-    words = finding.rule.presentation
     current = finding.current
-    blocks: list[Markdown] = [_headline(finding, timeline, terms)]
+    head: list[Markdown] = [_headline(finding, timeline, terms)]
     if current.reasons:
-        blocks.append(bullet_list(md("{}", reason_text(finding, r, timeline, terms)) for r in current.reasons))
+        head.append(bullet_list(md("{}", reason_text(finding, r, timeline, terms)) for r in current.reasons))
     elif current.grade is None:
-        blocks.append(paragraph(md("Cannot assess: {}.", "; ".join(current.missing))))
+        head.append(paragraph(md("Cannot assess: {}.", "; ".join(current.missing))))
     onset = _onset(finding, timeline)
     if onset:
-        blocks.append(onset)
+        head.append(onset)
+    tail: list[Markdown] = []
+    if current.reasons:
+        tail += [paragraph(md("{} (times {})", strong("Evidence"), timeline.offset_label)),
+                 bullet_list(_evidence_line(finding, r, timeline, terms) for r in current.reasons[:EVIDENCE_LINES])]
+    if current.notes:
+        tail.append(bullet_list(md("Noted: {}", note) for note in current.notes))
+    if current.missing and current.grade is not None:
+        tail.append(paragraph(md("Incomplete: {}.", "; ".join(current.missing))))
+    return head, tail
+
+
+def _metrics_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> tuple[list[Markdown], list[Markdown]]:
+    """A metrics finding: the values, the thresholds reached (what the literature found), what was not counted."""
+    finding: MetricsFinding = item.finding
+    words = finding.rule.words
+    head: list[Markdown] = [paragraph(md("{}", strong(metrics_summary(finding))))]
+    head.append(bullet_list(md("{}: {}", m.label[:1].upper() + m.label[1:], m.shown) for m in finding.metrics.values()))
+    shares = [f"{words[f'indication-{name}']} {mg:.5g} mg" for name, mg in finding.by_indication.items() if mg]
+    if finding.before_day_zero_mg:
+        shares.append(words["before_day_zero"].format(what=f"{finding.before_day_zero_mg:.5g} mg"))
+    if shares:
+        head.append(paragraph(md("Dexamethasone-equivalent by indication: {}.", "; ".join(shares))))
+    tail: list[Markdown] = []
+    if finding.reached:
+        lines = []
+        for threshold in finding.reached:
+            when = f" ({words['crossed'].format(what=timeline.local(threshold.crossed_at))})" if threshold.crossed_at else ""
+            lines.append(md("{}{} — {}", threshold.text[:1].upper() + threshold.text[1:], when, threshold.source))
+        tail += [paragraph(strong("What the literature found")), bullet_list(lines)]
+    if finding.listed:
+        tail.append(bullet_list(md("Not counted: {}", text) for text in finding.listed[:EVIDENCE_LINES]))
+    if finding.notes or finding.missing:
+        tail.append(bullet_list(md("Noted: {}", note) for note in finding.notes + finding.missing))
+    return head, tail
+
+
+def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
+    finding = item.finding
+    head, tail = _KINDS[finding.kind].parts(item, timeline, terms)
+    blocks = list(head)
     if not finding.day_zero_known:
         blocks.append(paragraph(md("Day 0 unknown: no CAR-T infusion in the data and no infusionDate given.")))
     if item.leads and item.plan is not None:
         blocks += _plan_blocks(item.plan)
-    elif item.plan is not None:
-        lead = item.plan.lead.finding.rule.presentation.name
-        blocks.append(paragraph(md("{} see the {} card ({}).", strong("Management:"), lead, item.plan.title)))
-    if current.reasons:
-        blocks += [paragraph(md("{} (times {})", strong("Evidence"), timeline.offset_label)),
-                   bullet_list(_evidence_line(finding, r, timeline, terms) for r in current.reasons[:EVIDENCE_LINES])]
-    if current.notes:
-        blocks.append(bullet_list(md("Noted: {}", note) for note in current.notes))
-    if current.missing and current.grade is not None:
-        blocks.append(paragraph(md("Incomplete: {}.", "; ".join(current.missing))))
+    elif item.plan is not None and any(plan.finding is finding for plan in item.plan.plans):
+        blocks.append(paragraph(md("{} see the {} card ({}).", strong("Management:"), item.plan.lead.finding.name, item.plan.title)))
+    blocks += tail
     limiting = sum(note.count for note in timeline.notes if note.severity == "warning")
     if limiting:
         blocks.append(paragraph(md("{} input item{} dropped or flagged (see the OperationOutcome).",
                                    limiting, "s were" if limiting > 1 else " was")))
-    if words.caveat:
-        blocks.append(paragraph(md("{}", words.caveat)))
+    caveat = _KINDS[finding.kind].caveat(finding)
+    if caveat:
+        blocks.append(paragraph(md("{}", caveat)))
     rule = finding.rule
     versions = f"Rule {rule.rule_id} {rule.rule_version}, rule set {finding.rule_set_version}, {rule.guideline_id}"
     if item.leads and item.plan is not None:
@@ -188,14 +222,45 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     return document(blocks)
 
 
+def _metrics_indicator(finding: MetricsFinding) -> str:
+    """Warning when a threshold was first reached recently, otherwise information."""
+    return "warning" if finding.recent_crossing else "info"
+
+
+@dataclass(frozen=True)
+class _CardKind:
+    """How a finding kind reads on a card."""
+
+    shows: Callable[[Any], bool]  # grade 0 and no exposure give no card
+    summary: Callable[[Any], str]
+    indicator: Callable[[Any], str]
+    state: Callable[[Any], str]  # in the record action's description, e.g. "grade 2"
+    parts: Callable[[CardInput, Timeline, Terminology], tuple[list[Markdown], list[Markdown]]]
+    caveat: Callable[[Any], str | None]
+
+
+_KINDS: dict[str, _CardKind] = {
+    "grading": _CardKind(
+        shows=lambda f: f.current.grade != 0, summary=summary, indicator=lambda f: indicator(f.current.grade),
+        state=lambda f: grade_text(f.current.grade), parts=_grading_parts, caveat=lambda f: f.rule.presentation.caveat),
+    "metrics": _CardKind(
+        shows=lambda f: bool(f.evidence), summary=lambda f: _short(metrics_summary(f, recent=True)), indicator=_metrics_indicator,
+        state=lambda f: f.rule.words[f.outcome or "not-assessable"], parts=_metrics_parts, caveat=lambda f: f.rule.caveat),
+}
+
+
+def _short(text: str) -> str:
+    return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2] + "…"
+
+
 def build_card(item: CardInput, timeline: Timeline, config: OutputConfig, terms: Terminology) -> dict[str, Any]:
     finding = item.finding
+    kind = _KINDS[finding.kind]
     rule = finding.rule
-    name = rule.presentation.name
     ra = item.risk_assessment
     actions = [{
         "type": "create",
-        "description": f"Record the {name} assessment ({grade_text(finding.current.grade)})",
+        "description": f"Record the {finding.name} assessment ({kind.state(finding)})",
         "resource": ra,
     }]
     carries_plan = item.leads and item.care_plan is not None and item.plan is not None
@@ -208,8 +273,8 @@ def build_card(item: CardInput, timeline: Timeline, config: OutputConfig, terms:
     label = "Record assessment and proposed plan" if carries_plan else "Record assessment"
     return {
         "uuid": stable_id(ra["id"], "card"),
-        "summary": summary(finding),
-        "indicator": indicator(finding.current.grade),
+        "summary": kind.summary(finding),
+        "indicator": kind.indicator(finding),
         "detail": detail(item, timeline, terms),
         "source": {
             "label": f"cartox: {rule.title}",
@@ -222,12 +287,15 @@ def build_card(item: CardInput, timeline: Timeline, config: OutputConfig, terms:
     }
 
 
-def _card_order(item: CardInput) -> tuple[int, int]:
-    """The card carrying the plan first, then the most severe; not assessable after every grade."""
-    grade = item.finding.current.grade
-    return (0 if item.leads else 1, -(grade if grade is not None else -1))
+_INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _card_order(item: CardInput, indicator_of: str) -> tuple[int, int, int]:
+    """The card carrying the plan first, then by indicator, then the most severe finding."""
+    return (0 if item.leads else 1, _INDICATOR_RANK[indicator_of], -item.finding.severity)
 
 
 def cards_for(items: list[CardInput], timeline: Timeline, config: OutputConfig, terms: Terminology) -> list[dict[str, Any]]:
-    shown = sorted((item for item in items if item.finding.current.grade != 0), key=_card_order)
+    shown = [item for item in items if _KINDS[item.finding.kind].shows(item.finding)]
+    shown.sort(key=lambda item: _card_order(item, _KINDS[item.finding.kind].indicator(item.finding)))
     return [build_card(item, timeline, config, terms) for item in shown]

@@ -109,6 +109,10 @@ class Terminology:
     procedure_by_code: Mapping[tuple[str, str], str] = field(default_factory=dict)
     route_by_code: Mapping[tuple[str, str], str] = field(default_factory=dict)  # dosage.route codings
     route_text: TextMatcher = field(default_factory=lambda: TextMatcher.build({}))
+    mass_rate_conversions: Mapping[str, UnitConversion] = field(default_factory=dict)  # drug infusion rates to mg/h
+    indication_by_code: Mapping[tuple[str, str], str] = field(default_factory=dict)  # reasonCode codings
+    indication_text: TextMatcher = field(default_factory=lambda: TextMatcher.build({}))
+    equivalences: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # reference drug -> {medication: factor}
     presence: ValueSet | None = None  # value_sets.presence: the answers of an Observation coded as a finding
 
     @cached_property
@@ -232,6 +236,11 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
     procedure_by_code = _by_code(document.get("procedures", {}), systems, displays, all_codes)
     route_by_code = _by_code(document.get("routes", {}), systems, displays, all_codes)
     route_synonyms = {word.lower(): concept for concept, spec in document.get("routes", {}).items() for word in spec.get("text", [])}
+    indication_by_code = _by_code(document.get("indications", {}), systems, displays, all_codes)
+    indication_synonyms = {word.lower(): concept for concept, spec in document.get("indications", {}).items()
+                           for word in spec.get("text", [])}
+    equivalences = {name: {medication: float(entry["factor"]) for medication, entry in table["factors"].items()}
+                    for name, table in document.get("equivalences", {}).items()}
 
     medication_by_code: dict[tuple[str, str], str] = {}
     medication_codes: dict[str, tuple[CodeRef, ...]] = {}
@@ -277,6 +286,10 @@ def build_terminology(document: Mapping[str, Any], canonical_base: str) -> Termi
         procedure_by_code=procedure_by_code,
         route_by_code=route_by_code,
         route_text=TextMatcher.build(route_synonyms),
+        mass_rate_conversions=_conversions(kinds.get("medication-rate")),
+        indication_by_code=indication_by_code,
+        indication_text=TextMatcher.build(indication_synonyms),
+        equivalences=equivalences,
         presence=value_sets.get(PRESENCE),
     )
 

@@ -19,7 +19,7 @@ from service.fhir_input.concepts import Terminology
 from service.fhir_output.wording import grade_text, reasons_text
 from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
-from service.rules_engine.model import Finding, GradeResult
+from service.rules_engine.model import Finding, GradeResult, MetricsFinding
 from service.timeline.facts import Fact, InputNote, Timeline
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -60,8 +60,15 @@ def subject_of(timeline: Timeline) -> dict[str, str]:
     return {"display": "Patient not identified in the request"}
 
 
-def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
+def risk_assessment(finding: Finding | MetricsFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
                     management_guideline: str, terms: Terminology) -> dict[str, Any]:
+    """The finding's RiskAssessment, by its kind's profile."""
+    return _RISK_ASSESSMENT_BY_KIND[finding.kind](finding, timeline, config, resource_id, management_guideline, terms)
+
+
+def _grading_risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
+                             management_guideline: str, terms: Terminology) -> dict[str, Any]:
+    """Profile cartox-risk-assessment: prediction[0] the current grade, prediction[1] the maximum since day 0."""
     rule = finding.rule
     words = rule.presentation
     cs = config.codesystem
@@ -118,6 +125,87 @@ def risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, 
     return resource
 
 
+_QUANTITY_UNITS = ("mg", "mg/kg")
+
+
+def _metric_extension(url: str, metric: Any) -> dict[str, Any]:
+    if metric.unit in _QUANTITY_UNITS:
+        return {"url": url, "valueQuantity": {"value": round(metric.value, 3), "unit": metric.unit, "system": UCUM, "code": metric.unit}}
+    return {"url": url, "valueInteger": int(round(metric.value))}
+
+
+def _metrics_risk_assessment(finding: MetricsFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
+                             management_guideline: str, terms: Terminology) -> dict[str, Any]:
+    """The metrics kind's profile (the rule's `output.profile`): the values as extensions, one extension per
+    threshold reached, prediction[0] the outcome of the default threshold set over day 0 -> evaluation time."""
+    rule = finding.rule
+    cs = config.codesystem
+    extensions = [
+        {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
+        {"url": config.profile("guideline-version"), "valueString": management_guideline},
+    ] + [{"url": config.profile("missing-data"), "valueString": text} for text in finding.missing]
+    for name, extension in rule.extensions.items():
+        metric = finding.metrics[name]
+        if metric.value is not None:
+            extensions.append(_metric_extension(config.profile(extension), metric))
+    for threshold in finding.reached:
+        extensions.append({"url": config.profile(rule.threshold_extension),
+                           "valueCoding": {"system": cs, "code": threshold.code, "display": threshold.label}})
+    outcome = finding.outcome or "not-assessable"
+    summary = metrics_summary(finding)
+    rationale = "; ".join(f"{m.label}: {m.shown}" for m in finding.metrics.values())
+    if finding.reached:
+        rationale += ". Thresholds reached: " + "; ".join(f"{t.code} ({t.text})" for t in finding.reached)
+    notes = [{"text": text} for text in _metrics_notes(finding)]
+    resource: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": resource_id,
+        "meta": {"profile": [config.profile(rule.profile)]},
+        "extension": extensions,
+        "status": "final",
+        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
+        "subject": subject_of(timeline),
+        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
+        "method": {
+            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
+            "text": f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); sources {rule.guideline_id}: {rule.guideline_citation}",
+        },
+        "prediction": [{
+            "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if finding.missing else "complete"}],
+            "outcome": {"coding": [{"system": cs, "code": outcome, "display": rule.words[outcome].capitalize()}], "text": summary},
+            "whenPeriod": {"start": timeline.fhir_time(finding.window.start), "end": timeline.fhir_time(timeline.as_of)},
+            "rationale": rationale,
+        }],
+    }
+    if notes:
+        resource["note"] = notes
+    basis = _basis(finding.evidence)
+    if basis:
+        resource["basis"] = basis
+    return resource
+
+
+def metrics_summary(finding: MetricsFinding, recent: bool = False) -> str:
+    """The rule's summary sentence with its metric placeholders filled; `recent` adds the thresholds first
+    reached within the rule's recent window (a card's summary says why it warns)."""
+    words = finding.rule.words
+    text = words["summary"].format(**{name: m.shown for name, m in finding.metrics.items()})
+    if recent and finding.recent_crossing:
+        text += "; " + words["recent"].format(what=", ".join(finding.recent_crossing))
+    return text
+
+
+def _metrics_notes(finding: MetricsFinding) -> list[str]:
+    words = finding.rule.words
+    notes = [f"{words[f'indication-{name}']}: {mg:.5g} mg" for name, mg in finding.by_indication.items() if mg]
+    if finding.before_day_zero_mg:
+        notes.append(words["before_day_zero"].format(what=f"{finding.before_day_zero_mg:.5g} mg"))
+    notes += list(finding.listed) + list(finding.notes)
+    if words.get("caveat"):
+        notes.append(words["caveat"])
+    return notes
+
+
 def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, label: str,
                 start: datetime, timeline: Timeline, terms: Terminology) -> dict[str, Any]:
     words = finding.rule.presentation
@@ -152,7 +240,7 @@ def care_plan(combined: CombinedPlan, timeline: Timeline, config: OutputConfig, 
     lead = combined.lead
     rule_set_version = lead.finding.rule_set_version
     sources = " ".join(
-        f"{plan.finding.rule.presentation.name}: rule {plan.rule_id} {plan.rule_version}, guideline version {plan.guideline_id} ({plan.guideline_citation})."
+        f"{plan.finding.name}: rule {plan.rule_id} {plan.rule_version}, guideline version {plan.guideline_id} ({plan.guideline_citation})."
         for plan in combined.plans
     )
     description = f"{combined.title}. {sources} Merged by rule {combined.rule_id} {combined.rule_version} (rule set {rule_set_version})."
@@ -264,6 +352,7 @@ def note_text(note: InputNote) -> str:
     return f"{note.message} (x{note.count})" if note.count > 1 else note.message
 
 
+_RISK_ASSESSMENT_BY_KIND = {"grading": _grading_risk_assessment, "metrics": _metrics_risk_assessment}
 _VALIDATORS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "OperationOutcome": OperationOutcome}
 
 

@@ -74,3 +74,4 @@ def reason_text(finding: Finding, reason: Reason, timeline: Timeline, terms: Ter
 
 def reasons_text(finding: Finding, reasons: tuple[Reason, ...], timeline: Timeline, terms: Terminology) -> list[str]:
     return [reason_text(finding, reason, timeline, terms) for reason in reasons]
+

@@ -151,7 +151,7 @@ def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
             "subject": subject, **_effective(item),
             "valueCodeableConcept": {"coding": [{"system": SNOMED, "code": str(item["device"])}]},
         }
-    if "med" in item:  # optional: rxnorm, dose_mg, volume_ml, rate_ml_h
+    if "med" in item:  # optional: rxnorm, dose_mg or dose [value, unit], volume_ml, rate_ml_h or rate [value, unit], route, reason
         concept: dict[str, Any] = {"text": item["med"]}
         if "rxnorm" in item:
             concept["coding"] = [{"system": RXNORM, "code": str(item["rxnorm"])}]
@@ -162,12 +162,21 @@ def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
         dosage: dict[str, Any] = {}
         if "dose_mg" in item:
             dosage["dose"] = _quantity(item["dose_mg"], "mg")
+        if "dose" in item:  # [value, UCUM unit], e.g. [1, g]
+            dosage["dose"] = _quantity(*item["dose"])
+        if "rate" in item:  # a mass or volume rate: [value, UCUM unit], e.g. [10, mg/h]
+            dosage["rateQuantity"] = _quantity(*item["rate"])
+        if "route" in item:  # as text, the way uncoded EHR routes arrive
+            dosage["route"] = {"text": item["route"]}
         if "volume_ml" in item:  # a fluid: the dose is a volume
             dosage["dose"] = _quantity(item["volume_ml"], "mL")
         if "rate_ml_h" in item:
             dosage["rateQuantity"] = _quantity(item["rate_ml_h"], "mL/h")
         if dosage:
             resource["dosage"] = dosage
+        if "reason" in item:  # a text, or [system, code]
+            reason = item["reason"]
+            resource["reasonCode"] = [{"text": reason} if isinstance(reason, str) else {"coding": [{"system": reason[0], "code": reason[1]}]}]
         return resource
     raise ValueError(f"cannot read compact resource {dict(item)!r}")
 
@@ -260,10 +269,14 @@ def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
         "atypical_onset": lambda v: _expect_equal("atypical onset", finding().atypical_onset, v),
         "incomplete": lambda v: _expect_equal("incomplete", finding().current.incomplete, v),
         "reasons_include": lambda v: _include("reasons", [r.criterion for r in finding().current.reasons], v),
-        "evidence_includes": lambda v: _include("evidence", [f.source for f in finding().current.evidence], v),
-        "evidence_excludes": lambda v: _exclude("evidence", [f.source for f in finding().current.evidence + finding().maximum.evidence], v),
-        "missing_includes": lambda v: _include_text("missing data", finding().current.missing, v),
-        "notes_include": lambda v: _include_text("grade notes", finding().current.notes + finding().maximum.notes, v),
+        "evidence_includes": lambda v: _include("evidence", [f.source for f in _evidence(finding())], v),
+        "evidence_excludes": lambda v: _exclude("evidence", [f.source for f in _evidence(finding(), everything=True)], v),
+        "missing_includes": lambda v: _include_text("missing data", _missing(finding()), v),
+        "notes_include": lambda v: _include_text("notes", _notes(finding()), v),
+        "metrics": lambda v: _check_metrics(finding(), v),
+        "thresholds_reached": lambda v: _expect_equal("thresholds reached", sorted(t.code for t in finding().reached), sorted(v)),
+        "outcome": lambda v: _expect_equal("outcome", finding().outcome or "not-assessable", v),
+        "listed_include": lambda v: _include_text("not counted", finding().listed, v),
         "input_notes_include": lambda v: _include("input notes", [n.code for n in outcome.timeline.notes], v),
         "day_zero_known": lambda v: _expect_equal("day 0 known", finding().day_zero_known, v),
         "cards": lambda v: _expect_equal("number of cards", len(_cards_of(outcome, finding())), v),
@@ -280,6 +293,32 @@ def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
         if key not in checks:
             raise CaseFailure(f"unknown expectation {key!r}")
         checks[key](value)
+
+
+def _evidence(finding, everything: bool = False) -> tuple[Any, ...]:
+    """The facts a finding rests on: a grade's current window (and the maximum's, with `everything`), or the
+    doses a metrics finding counted."""
+    if finding.kind == "metrics":
+        return finding.evidence
+    return finding.current.evidence + (finding.maximum.evidence if everything else ())
+
+
+def _missing(finding) -> tuple[str, ...]:
+    return finding.missing if finding.kind == "metrics" else finding.current.missing
+
+
+def _notes(finding) -> tuple[str, ...]:
+    return finding.notes if finding.kind == "metrics" else finding.current.notes + finding.maximum.notes
+
+
+def _check_metrics(finding, expected: Mapping[str, Any]) -> None:
+    """Each metric equals the expected number (to 0.01), or is absent (null: not computed)."""
+    for name, value in expected.items():
+        actual = finding.metrics[name].value
+        if value is None or actual is None:
+            _expect_equal(name, actual, value)
+        elif abs(actual - value) > 0.01:
+            raise CaseFailure(f"{name}: expected {value!r}, got {actual!r}")
 
 
 def _cards_of(outcome: Outcome, finding) -> list[dict[str, Any]]:

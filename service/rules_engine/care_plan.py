@@ -1,7 +1,8 @@
 """One care plan for the patient: every management plan of the evaluation merged (rule kind `care_plan`).
 
 Merging, in the words of rules/care_plan.yaml:
-- plans are taken most severe finding first (current grade, then rule order): that finding leads the plan;
+- plans are taken most severe finding first (`severity`: the current grade; then rule order): that finding
+  leads the plan;
 - a non-drug action appears once (the most severe plan's words); actions another makes redundant go;
 - a medication appears once: a label-limit block wins (it holds whatever the plan), then the give-now regimen
   with the larger daily amount, else the most severe plan's; the others are named in a note;
@@ -15,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from service.errors import RulesError
 from service.rules_engine.conditions import Compiler
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, ConditionState, Plan, PlannedAction
 from service.rules_engine.presentation import bind_template
@@ -42,7 +42,7 @@ class CombinedPlan:
 
 
 def _severity(plan: Plan) -> int:
-    return plan.finding.current.grade or 0
+    return plan.finding.severity
 
 
 class CarePlanRule:
@@ -54,10 +54,7 @@ class CarePlanRule:
         merge = document["merge"]
         group = merge["one_regimen_of"]
         self.group = compiler.medications([group["group"]])
-        self.equivalents = {medication: compiler.number(factor) for medication, factor in group["dexamethasone_equivalent"].items()}
-        unknown = set(self.equivalents) - self.group
-        if unknown:
-            raise RulesError(self.rule_id, f"dexamethasone_equivalent names medications outside {group['group']}: {sorted(unknown)}")
+        self.equivalents = compiler.equivalence(group["equivalence"], self.group)
         self.supersedes = {code: tuple(codes) for code, codes in merge.get("supersedes", {}).items()}
         words = document["presentation"]
         self.title = words["title"]
@@ -87,7 +84,7 @@ class CarePlanRule:
         chosen = {medication: self._one_of(candidates, notes) for medication, candidates in by_medication.items()}
         merged = [chosen[a.code] if a.kind == "drug" else a for a in actions if a.kind == "drug" or a.code not in redundant]
         merged = self._one_glucocorticoid(merged)
-        names = ", ".join(f"{plan.finding.rule.presentation.name} grade {plan.finding.current.grade}" for plan in ordered)
+        names = ", ".join(plan.finding.label for plan in ordered)
         return CombinedPlan(self.rule_id, self.version, self.title.format(findings=names), tuple(ordered), tuple(merged), tuple(notes))
 
     def _one_of(self, candidates: list[PlannedAction], notes: list[str]) -> PlannedAction:

@@ -94,6 +94,16 @@ class Compiler:
             raise RulesError(self.rule_id, f"unknown medication concepts {unknown}")
         return members
 
+    def equivalence(self, name: str, medications: frozenset[str]) -> Mapping[str, float]:
+        """A concepts.yaml equivalence table that covers every one of `medications`."""
+        table = self.terms.equivalences.get(name)
+        if table is None:
+            raise RulesError(self.rule_id, f"unknown equivalence table {name!r}")
+        lacking = sorted(medications - set(table))
+        if lacking:
+            raise RulesError(self.rule_id, f"equivalence {name!r} has no factor for {lacking}")
+        return table
+
     def measurement(self, concept: str) -> str:
         if concept not in self.terms.measurements:
             raise RulesError(self.rule_id, f"unknown measurement concept {concept!r}")

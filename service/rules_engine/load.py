@@ -18,7 +18,8 @@ from service.rules_engine.care_plan import CarePlanRule, CombinedPlan
 from service.rules_engine.conditions import Compiler, criterion_schema
 from service.rules_engine.grading import GradingRule
 from service.rules_engine.management import ManagementRule, Plan
-from service.rules_engine.model import Finding
+from service.rules_engine.metrics import MetricsRule
+from service.rules_engine.model import Finding, MetricsFinding
 from service.timeline.facts import Timeline
 
 CONCEPTS_FILE = "concepts.yaml"
@@ -73,7 +74,7 @@ def case_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    findings: tuple[Finding, ...]
+    findings: tuple[Finding | MetricsFinding, ...]  # in rule-file order
     plans: tuple[Plan, ...]  # one per management rule with something to recommend
     care_plan: CombinedPlan | None  # the plans merged: the patient's one CarePlan
 
@@ -86,7 +87,7 @@ class _State:
         self.terminology = terminology
         self.version = version
         self.guideline = guideline
-        self.findings: dict[str, Finding] = {}
+        self.findings: dict[str, Finding | MetricsFinding] = {}
         self.histories: dict[str, Any] = {}
         self.plans: list[Plan] = []
         self.care_plan: CombinedPlan | None = None
@@ -98,9 +99,13 @@ def _run_grading(rule: GradingRule, state: _State) -> None:
     state.histories[rule.info.rule_id] = history
 
 
+def _run_metrics(rule: MetricsRule, state: _State) -> None:
+    state.findings[rule.rule_id] = rule.assess(state.timeline, state.terminology, state.version)
+
+
 def _run_management(rule: ManagementRule, state: _State) -> None:
     read = {name: state.findings[name] for name in rule.reads if name in state.findings}
-    plan = rule.plan(state.findings[rule.applies_to], state.timeline, state.guideline, state.histories[rule.applies_to], read)
+    plan = rule.plan(state.findings[rule.applies_to], state.timeline, state.guideline, state.histories.get(rule.applies_to), read)
     if plan is not None:
         state.plans.append(plan)
 
@@ -125,6 +130,11 @@ RULE_KINDS: dict[str, RuleKind] = {
         compile=lambda document, params, compiler: GradingRule(document, params, compiler),
         reads=lambda rule, document: tuple(document.get("reads", ())),
         run=_run_grading,
+    ),
+    "metrics": RuleKind(
+        compile=lambda document, params, compiler: MetricsRule(document, params, compiler),
+        reads=lambda rule, document: tuple(document.get("reads", ())),
+        run=_run_metrics,
     ),
     "management": RuleKind(
         compile=lambda document, params, compiler: ManagementRule(document, compiler),
@@ -186,6 +196,7 @@ class RuleSet:
         self.input_terminology = terminology.restricted_to(observed)  # what timelines are built with
         self.ordered = _dependency_order(rules)
         self.grading: list[GradingRule] = [r.rule for r in rules if r.kind == "grading"]
+        self.finding_rules = [r.rule_id for r in rules if r.kind in ("grading", "metrics")]  # rule-file order
         self.management: dict[str, ManagementRule] = {r.rule_id: r.rule for r in rules if r.kind == "management"}
         self.files = files
         self.canonical_base = canonical_base
@@ -205,7 +216,7 @@ class RuleSet:
         state = _State(timeline, self.terminology, self.version, guideline)
         for compiled in self.ordered:
             RULE_KINDS[compiled.kind].run(compiled.rule, state)
-        findings = tuple(state.findings[rule.info.rule_id] for rule in self.grading)
+        findings = tuple(state.findings[rule_id] for rule_id in self.finding_rules)
         return Evaluation(findings, tuple(state.plans), state.care_plan)
 
 
@@ -266,11 +277,11 @@ def load_rule_set(
         raise RulesError(str(directory), f"overrides name unknown rules {sorted(unknown)}")
     if any(c.kind == "management" for c in compiled) and sum(c.kind == "care_plan" for c in compiled) != 1:
         raise RulesError(str(directory), "management rules need exactly one care_plan rule (how their plans merge)")
-    graded = {c.rule_id: c.rule for c in compiled if c.kind == "grading"}
+    graded = {c.rule_id: c.rule for c in compiled if c.kind in ("grading", "metrics")}
     for rule in (c.rule for c in compiled if c.kind == "management"):
         if rule.applies_to not in graded:
-            raise RulesError(rule.rule_id, f"applies_to names unknown grading rule {rule.applies_to!r}")
-        unknown_criteria = rule.criteria_read - set(graded[rule.applies_to].criteria)
+            raise RulesError(rule.rule_id, f"applies_to names unknown grading or metrics rule {rule.applies_to!r}")
+        unknown_criteria = rule.criteria_read - set(getattr(graded[rule.applies_to], "criteria", ()))
         if unknown_criteria:
             raise RulesError(rule.rule_id, f"conditions name criteria {sorted(unknown_criteria)} that {rule.applies_to} does not define")
 

@@ -140,31 +140,31 @@ class ManagementRule:
             raise RulesError(self.rule_id, f"default_guideline {self.default_guideline!r} is not one of its guidelines")
 
     def _guideline(self, name: str, spec: Mapping[str, Any], compiler: Compiler) -> dict[str, Any]:
-        grades: dict[int, list[dict[str, Any]]] = {}
-        for grade, items in spec["grades"].items():
-            where = f"{self.rule_id}: {name} grade {grade}"
-            compiled = []
-            keys = [item["drug"] for item in items if "drug" in item]
-            for item in items:
-                if "only_if" in item and item["only_if"] not in self.conditions:
-                    raise RulesError(where, f"unknown condition {item['only_if']!r}")
-                if "action" in item or "note" in item:
-                    compiled.append({**item, "text": bind_template(item["text"], compiler.params, (), where)})
-                    continue
-                if item["drug"] not in self.drugs:
-                    raise RulesError(where, f"unknown drug {item['drug']!r}")
-                for ref in ("when", "repeat_when"):
-                    if ref in item and item[ref] not in self.conditions:
-                        raise RulesError(where, f"unknown condition {item[ref]!r}")
-                for ref in ("alternative_to", "replaces"):
-                    if ref in item and item[ref] not in keys:
-                        raise RulesError(where, f"{ref} names {item[ref]!r}, which is not a drug of this grade")
-                if item["role"] == "alternative" and "alternative_to" not in item:
-                    raise RulesError(where, f"alternative {item['drug']!r} must name the drug it is an alternative to")
-                texts = {k: bind_template(item[k], compiler.params, ("dose",), where) for k in ("text", "repeat_text") if k in item}
-                compiled.append({**item, **texts})
-            grades[int(grade)] = compiled
-        return {"citation": spec["citation"], "grades": grades}
+        grades = {int(grade): self._items(items, compiler, f"{self.rule_id}: {name} grade {grade}") for grade, items in spec.get("grades", {}).items()}
+        # `always`: items for every state of the finding (a metrics finding has no grade), usually only_if-gated
+        return {"citation": spec["citation"], "grades": grades, "always": self._items(spec.get("always", []), compiler, f"{self.rule_id}: {name} always")}
+
+    def _items(self, items: list[Mapping[str, Any]], compiler: Compiler, where: str) -> list[dict[str, Any]]:
+        """One grade's (or `always`) items checked against the drugs and conditions, texts bound."""
+        compiled = []
+        keys = [item["drug"] for item in items if "drug" in item]
+        for item in items:
+            for ref in ("only_if", "when", "repeat_when"):
+                if ref in item and item[ref] not in self.conditions:
+                    raise RulesError(where, f"unknown condition {item[ref]!r}")
+            if "action" in item or "note" in item:
+                compiled.append({**item, "text": bind_template(item["text"], compiler.params, (), where)})
+                continue
+            if item["drug"] not in self.drugs:
+                raise RulesError(where, f"unknown drug {item['drug']!r}")
+            for ref in ("alternative_to", "replaces"):
+                if ref in item and item[ref] not in keys:
+                    raise RulesError(where, f"{ref} names {item[ref]!r}, which is not a drug of this grade")
+            if item["role"] == "alternative" and "alternative_to" not in item:
+                raise RulesError(where, f"alternative {item['drug']!r} must name the drug it is an alternative to")
+            texts = {k: bind_template(item[k], compiler.params, ("dose",), where) for k in ("text", "repeat_text") if k in item}
+            compiled.append({**item, **texts})
+        return compiled
 
     def _drug(self, key: str, spec: Mapping[str, Any], compiler: Compiler) -> _Drug:
         compiler.medications([spec["medication"]])
@@ -198,7 +198,7 @@ class ManagementRule:
     def plan(self, finding: Finding, timeline: Timeline, guideline: str | None, history: History,
              findings: Mapping[str, Finding] | None = None) -> Plan | None:
         """The plan for the finding's current grade; `findings` are those of the rules this rule reads."""
-        grade = finding.current.grade
+        level = finding.level
         chosen = guideline or self.default_guideline
         notes: list[str] = []
         if chosen not in self.guidelines:
@@ -206,7 +206,7 @@ class ManagementRule:
             notes.append(f"{self.title} has no {chosen} version: {self.default_guideline} is shown.")
             chosen = self.default_guideline
         spec = self.guidelines[chosen]
-        items = spec["grades"].get(grade) if grade else None
+        items = (spec["grades"].get(level, []) if level else []) + spec["always"]
         if not items:
             return None
         weight = self._weight(timeline)
@@ -222,11 +222,14 @@ class ManagementRule:
             state = self.conditions[item["only_if"]](request) if "only_if" in item else None
             if state is None or state.met:
                 shown.append((item, state))
-        notes += [item["text"] for item, _ in shown if "note" in item]
+        notes_shown = [item["text"] for item, _ in shown if "note" in item]
+        notes += notes_shown
         shown = [(item, state) for item, state in shown if "note" not in item]
         actions = [self._action(item, request, weight, age, state) for item, state in shown]
-        driver = f"{finding.rule.presentation.name} grade {grade}"
-        resolved = [replace(action, driver=driver, driver_code=finding.rule.assessment_code) for action in _resolve(actions, [item for item, _ in shown], self.drugs)]
+        if not actions and not notes_shown:
+            return None  # every item waited on a condition the data do not show
+        resolved = [replace(action, driver=finding.label, driver_code=finding.rule.assessment_code)
+                    for action in _resolve(actions, [item for item, _ in shown], self.drugs)]
         return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(resolved), tuple(notes))
 
     def _weight(self, timeline: Timeline) -> Measurement | None:
@@ -239,8 +242,17 @@ class ManagementRule:
     def _action(self, item: Mapping[str, Any], request: _Request, weight: Measurement | None, age: int | None,
                 shown_because: ConditionState | None) -> PlannedAction:
         if "action" in item:
-            return PlannedAction("action", item["action"], item["text"], condition=shown_because,
-                                 evidence=shown_because.evidence if shown_because else ())
+            condition = shown_because
+            if "when" in item:
+                condition = self.conditions[item["when"]](request)
+                if shown_because is not None:  # what made the item part of the plan is said with it
+                    condition = replace(condition, status=f"{condition.status}; {shown_because.status}",
+                                        evidence=condition.evidence + shown_because.evidence)
+            if condition is not None and not condition.met:
+                return PlannedAction("action", item["action"], item["text"], status=CONDITIONAL, condition=condition,
+                                     reason=f"Only {condition.text}: {condition.status}.", evidence=condition.evidence)
+            return PlannedAction("action", item["action"], item["text"], condition=condition,
+                                 evidence=condition.evidence if condition else ())
         timeline = request.timeline
         drug = self.drugs[item["drug"]]
         prior = self.episode_doses(drug, request)
@@ -480,9 +492,9 @@ def _criterion_present(code: str, spec: Mapping[str, Any], rule: ManagementRule,
     return evaluate
 
 
-def _any_of(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
-    """Met when one of the named conditions is met (e.g. ASCO ICANS 2: no concurrent CRS, or CRS that did not
-    improve after tocilizumab). The named conditions must be defined before this one."""
+def _combined(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler, every: bool) -> ConditionEvaluator:
+    """any_of / all_of: the named conditions (defined earlier in the file) combined. The status says what the
+    data show: for any_of the parts met (or all when none is), for all_of the parts unmet (or all when met)."""
     parts = [rule.conditions[name] for name in spec["conditions"] if name in rule.conditions]
     if len(parts) != len(spec["conditions"]):
         raise RulesError(rule.rule_id, f"condition {code}: define {spec['conditions']} before it")
@@ -490,10 +502,44 @@ def _any_of(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compile
 
     def evaluate(request: _Request) -> ConditionState:
         states = [part(request) for part in parts]
-        met = [state for state in states if state.met]
-        shown = met or states
-        return ConditionState(code, text, bool(met), "; ".join(dict.fromkeys(s.status for s in shown)),
+        met = all(s.met for s in states) if every else any(s.met for s in states)
+        # what decided it: any_of met by its met parts, all_of failed by its unmet parts; else every part
+        deciding = [s for s in states if s.met == (not every)]
+        shown = deciding if met != every else states
+        return ConditionState(code, text, met, "; ".join(dict.fromkeys(s.status for s in shown)),
                               tuple(f for s in shown for f in s.evidence))
+
+    return evaluate
+
+
+def _any_of(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """Met when one of the named conditions is met (e.g. ASCO ICANS 2: no concurrent CRS, or CRS that did not
+    improve after tocilizumab)."""
+    return _combined(code, spec, rule, c, every=False)
+
+
+def _all_of(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """Met when every named condition is met (e.g. CRS and ICANS both grade 1 or lower)."""
+    return _combined(code, spec, rule, c, every=True)
+
+
+def _finding_metric(code: str, spec: Mapping[str, Any], rule: ManagementRule, c: Compiler) -> ConditionEvaluator:
+    """A metric of the metrics finding the rule applies to is at least / at most a number (e.g. the last dose
+    of a glucocorticoid for CRS/ICANS within 24 h: still running); `show` adds other metrics to the status."""
+    name = spec["metric"]
+    comparator = "at_least" if "at_least" in spec else "at_most"
+    limit = c.number(spec[comparator])
+    shown_too = tuple(spec.get("show", ()))
+    text = bind_template(spec["text"], c.params, (), rule.rule_id)
+
+    def evaluate(request: _Request) -> ConditionState:
+        metrics = request.finding.metrics
+        metric = metrics[name]
+        if metric.value is None:
+            return ConditionState(code, text, False, f"{metric.label}: {metric.shown}")
+        met = metric.value >= limit if comparator == "at_least" else metric.value <= limit
+        status = "; ".join(f"{m.label} {m.shown}" for m in (metric, *(metrics[other] for other in shown_too)))
+        return ConditionState(code, text, met, status, request.finding.evidence if met else ())
 
     return evaluate
 
@@ -517,6 +563,8 @@ CONDITION_TYPES: dict[str, Callable[[str, Mapping[str, Any], ManagementRule, Com
     "criterion_present": _criterion_present,
     "clinical_judgement": _clinical_judgement,
     "any_of": _any_of,
+    "all_of": _all_of,
+    "finding_metric": _finding_metric,
 }
 
 

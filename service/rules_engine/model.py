@@ -96,7 +96,10 @@ class Episode:
 
 @dataclass(frozen=True)
 class Finding:
-    """A graded toxicity: current grade, maximum since day 0 and onset, with rule provenance."""
+    """A graded toxicity (rule kind `grading`): current grade, maximum since day 0 and onset, with rule
+    provenance. Every finding kind offers `kind`, `level`, `severity` and `label` to plans and cards."""
+
+    kind = "grading"
 
     rule: RuleInfo
     rule_set_version: str
@@ -107,3 +110,126 @@ class Finding:
     atypical_onset: bool
     day_zero_known: bool
     episode: Episode | None = None
+
+    @property
+    def level(self) -> int | None:
+        """What a management rule's items are chosen by: the current grade."""
+        return self.current.grade
+
+    @property
+    def severity(self) -> int:
+        """Orders findings: the most severe leads the patient's plan and comes first among the cards."""
+        return self.current.grade or 0
+
+    @property
+    def name(self) -> str:
+        return self.rule.presentation.name
+
+    def digest_parts(self) -> list[str]:
+        """What the finding says, for output ids: grades and evidence."""
+        sources = sorted({fact.source for fact in self.current.evidence + self.maximum.evidence})
+        return [str(self.current.grade), str(self.maximum.grade), *sources]
+
+    @property
+    def label(self) -> str:
+        return f"{self.rule.presentation.name} grade {self.current.grade}"
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One computed value of a metrics finding; None = not computed (`missing` says why, when it matters)."""
+
+    name: str
+    value: float | None
+    unit: str  # "mg", "mg/kg", "d" (days), "day" (a day number), "h"
+    label: str
+    missing: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The value in words by its unit: "160 mg", "4.2 mg/kg", "4 days", "day 3", "6 h ago"."""
+        value = self.value
+        if value is None:
+            return "not computed" + (f" ({self.missing})" if self.missing else "")
+        if self.unit == "d":
+            return f"{value:.0f} day" + ("" if round(value) == 1 else "s")
+        if self.unit == "day":
+            return f"day {value:.0f}"
+        if self.unit == "h":
+            return f"{value:.0f} h ago"
+        return f"{value:.4g} {self.unit}" if self.unit == "mg/kg" else f"{value:.5g} {self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdState:
+    """A named threshold: reached or not (None: cannot be told, or not for this patient), when first reached."""
+
+    code: str
+    reached: bool | None
+    crossed_at: datetime | None
+    text: str  # what the literature found, as an association
+    source: str
+    label: str  # the threshold in a few words
+    applies: bool | None = True  # False: not for the patient's age; None: the age is unknown
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsInfo:
+    rule_id: str
+    rule_version: str
+    title: str
+    assessment_code: str
+    guideline_id: str
+    guideline_citation: str
+    guideline_url: str
+    name: str  # e.g. "Glucocorticoid exposure"
+    long_name: str
+    caveat: str | None
+    profile: str  # its RiskAssessment profile
+    extensions: Mapping[str, str]  # metric -> extension name
+    threshold_extension: str
+    words: Mapping[str, str]  # the rule's presentation texts (summary, outcome and indication words ...)
+
+
+@dataclass(frozen=True)
+class MetricsFinding:
+    """Values and threshold flags over a drug history (rule kind `metrics`), with the facts counted."""
+
+    rule: MetricsInfo
+    rule_set_version: str
+    metrics: Mapping[str, Metric]
+    thresholds: tuple[ThresholdState, ...]
+    outcome: str | None  # outcome code of the default threshold set; None = cannot be told
+    evidence: tuple[Fact, ...]  # the administrations counted after day 0
+    window: Window  # day 0 (or the first dose) -> evaluation time
+    missing: tuple[str, ...]
+    notes: tuple[str, ...]
+    by_indication: Mapping[str, float]  # reference-drug mg per indication class, after day 0
+    before_day_zero_mg: float  # reference-drug mg before the infusion: reported, never counted
+    listed: tuple[str, ...]  # administrations seen and not counted, with why
+    day_zero_known: bool
+    recent_crossing: tuple[str, ...]  # labels of the thresholds first reached within the rule's recent window
+
+    kind = "metrics"
+    level = None  # management items of a metrics finding are its rule's `always` items
+
+    @property
+    def severity(self) -> int:
+        return 0
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    def digest_parts(self) -> list[str]:
+        """What the finding says, for output ids: outcome, values and the doses counted."""
+        values = [f"{name}={metric.value}" for name, metric in self.metrics.items()]
+        return [str(self.outcome), *values, *sorted({fact.source for fact in self.evidence})]
+
+    @property
+    def label(self) -> str:
+        return self.rule.name
+
+    @property
+    def reached(self) -> tuple[ThresholdState, ...]:
+        return tuple(t for t in self.thresholds if t.reached)

@@ -50,6 +50,8 @@ class Administration:
     volume_ml: float | None = None  # a dose recorded as a volume (fluids), never mistaken for mg
     rate_ml_per_h: float | None = None  # dosage.rateQuantity / rateRatio as a fluid rate; other rates None
     route: str | None = None  # dosage.route as a route concept (intravenous, oral ...); None when not given or unknown
+    rate_mg_per_h: float | None = None  # dosage.rateQuantity as a drug's mass rate (an infusion without a dose)
+    reasons: tuple[str, ...] = ()  # indication concepts of reasonCode / reasonReference ("unrecognised" for others)
 
     def end_or(self, now: datetime) -> datetime:
         return now if self.end is None else self.end

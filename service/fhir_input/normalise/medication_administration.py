@@ -5,8 +5,10 @@ The medication is the administration's own code, or the code of the Medication i
 drug its text names. Doses: a dose <= 0, or above the medication's plausible maximum (concepts.yaml
 `plausible_max_mg`), is dropped (dose_mg None) and reported; the administration itself still counts. A dose
 in mL or L is a volume (`volume_ml`), never mg; a rate in volume per time (rateQuantity, rateRatio) becomes
-`rate_ml_per_h`, other rates (ug/kg/min of a vasopressor) are not fluid rates and are not read. The route
-(dosage.route) becomes a route concept, None when it is not given or not known.
+`rate_ml_per_h`; a rate in mass per time (mg/h, ug/min) becomes `rate_mg_per_h` (an infusion whose dose is
+its rate x the time it ran); per-kg rates (ug/kg/min of a vasopressor) are read as neither. The route
+(dosage.route) becomes a route concept, None when it is not given or not known. The reasons (reasonCode,
+reasonReference display) become indication concepts; a reason no concept names is `unrecognised`.
 """
 
 from __future__ import annotations
@@ -63,22 +65,26 @@ def normalise(entry: SourcedEntry, source: str, ctx: Context) -> None:
         end = start  # a single administration at a point in time
     elif ongoing and resource.status != "in-progress":
         end = start  # completed or stopped without an end: only the start is known
-    dose = volume = rate = route = None
+    dose = volume = rate = mass_rate = route = None
     dosage = resource.dosage
     if dosage is not None:
         if dosage.dose is not None and dosage.dose.value is not None:
             dose, volume = _dose(ctx, dosage.dose, concepts, named, location)
         if dosage.rateQuantity is not None or dosage.rateRatio is not None:
             rate = _rate(ctx, dosage, named, location)
+        if dosage.rateQuantity is not None and dosage.rateQuantity.value is not None:
+            mass_rate = _mass_rate(ctx, dosage.rateQuantity, named, f"{location}.dosage.rateQuantity.value")
         if dosage.route is not None:
             route = _route(dosage.route, terms)
+    reasons = _reasons(resource, terms)
     if len(concepts) > 1:
         dose = None  # which drug the dose belongs to is unknown (a volume or rate is the fluid's)
         ctx.note("flagged-status", "warning", f"medication text names {named}: each counted, dose not attributed", location)
     display = display_of(codeable) or (resource.medicationReference.display if resource.medicationReference else None) or named
     status = resource.status or ""
     for concept in concepts:
-        ctx.facts.append(Administration(concept, start, end, dose, status, display, source, offset, volume, rate, route))
+        ctx.facts.append(Administration(concept, start, end, dose, status, display, source, offset, volume, rate, route,
+                                        mass_rate, reasons))
     ctx.used(source, start, date_only, offset)
 
 
@@ -161,6 +167,33 @@ def _rate(ctx: Context, dosage: Dosage, named: str, location: str) -> float | No
         ctx.note("dropped-implausible", "warning", f"{named}: rate {rate:g} mL/h is negative: not used", where)
         return None
     return rate
+
+
+def _mass_rate(ctx: Context, quantity: Quantity, named: str, where: str) -> float | None:
+    """A drug's infusion rate in mg/h; None for other rates (volume, per kg)."""
+    conversion = ctx.terms.mass_rate_conversions.get(unit_code(quantity, ctx.terms) or "")
+    if conversion is None:
+        return None
+    rate = conversion.apply(quantity.value)
+    if rate <= 0:
+        ctx.note("dropped-implausible", "warning", f"{named}: rate {quantity.value:g} is not a rate: not used", where)
+        return None
+    return rate
+
+
+def _reasons(resource: Resource, terms: Terminology) -> tuple[str, ...]:
+    """Indication concepts of reasonCode (a code decides, else its text) and of reasonReference's display."""
+    found: list[str] = []
+    for reason in resource.reasonCode or ():
+        concept = concept_of(reason, terms.indication_by_code) or terms.indication_text.match(reason.text) or next(
+            (match for coding in reason.coding or () if (match := terms.indication_text.match(coding.display))), None)
+        found.append(concept or UNRECOGNISED)
+    for reference in resource.reasonReference or ():
+        found.append(terms.indication_text.match(reference.display) or UNRECOGNISED)
+    return tuple(dict.fromkeys(found))
+
+
+UNRECOGNISED = "unrecognised"
 
 
 def _route(route: CodeableConcept, terms: Terminology) -> str | None:

@@ -294,13 +294,16 @@ def _reason(action: PlannedAction, config: OutputConfig) -> list[dict[str, Any]]
 
 def _activity_detail(action: PlannedAction, config: OutputConfig, terminology: Terminology) -> dict[str, Any]:
     if action.kind == "action":
-        return {
+        detail = {
             "kind": _NON_DRUG_KIND.get(action.code, "ServiceRequest"),
             "code": {"coding": [{"system": config.codesystem, "code": action.code}], "text": action.description},
             "reasonCode": _reason(action, config),
-            "status": "not-started",
+            "status": _DETAIL_STATUS[action.status],  # a conditional action (e.g. a taper) waits on hold
             "description": action.description,
         }
+        if action.reason:
+            detail["statusReason"] = {"text": action.reason}
+        return detail
     name = terminology.display(action.code)
     product: dict[str, Any] = {"text": name}
     coding = terminology.output_coding(action.code)

@@ -12,7 +12,7 @@ threshold was first reached is found by replaying the doses in time order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from service.errors import RulesError
@@ -39,6 +39,7 @@ class Dose:
     reference_mg: float  # in the equivalence's reference drug (e.g. dexamethasone-equivalent mg)
     day: int | None  # day after infusion (day 0 = the infusion's date in its offset); None without day 0
     indication: str  # the rule's indication class
+    date: date  # its calendar date: in the infusion's offset, or the offset it was recorded in without day 0
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,9 @@ def _first_dose_day(spec: Mapping[str, Any], c: Compiler, rule: "MetricsRule") -
 
 
 def _exposure_days(spec: Mapping[str, Any], c: Compiler, rule: "MetricsRule") -> MetricEvaluator:
-    """Distinct calendar days after infusion (in the infusion's offset) with at least one counted dose."""
+    """Distinct calendar days (in the infusion's offset) with at least one counted dose."""
     def evaluate(request: _Request, doses: tuple[Dose, ...]) -> tuple[float | None, str | None]:
-        return float(len({d.day for d in doses if d.day is not None})), None
+        return float(len({d.date for d in doses})), None
 
     return evaluate
 
@@ -247,8 +248,9 @@ class MetricsRule:
                 continue
             if fact.route is None:
                 notes.append(self.words["route_unknown"])
-            dose = Dose(fact, mg, mg * self.factors[fact.concept], day_zero.day_of(fact.time) if day_zero else None,
-                        self._indication(fact, day_zero.day_of(fact.time) if day_zero else None))
+            day = day_zero.day_of(fact.time) if day_zero else None
+            local = fact.time.astimezone(day_zero.offset if day_zero else (fact.offset or timeline.display_offset))
+            dose = Dose(fact, mg, mg * self.factors[fact.concept], day, self._indication(fact, day), local.date())
             if day_zero is not None and fact.time < day_zero.time:
                 before.append(dose)
             else:

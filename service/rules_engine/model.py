@@ -228,7 +228,7 @@ class MetricsFinding:
 
     @property
     def label(self) -> str:
-        return self.rule.name
+        return self.rule.words["plan_label"]
 
     @property
     def reached(self) -> tuple[ThresholdState, ...]:

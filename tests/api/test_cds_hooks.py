@@ -79,6 +79,11 @@ def _cards(response) -> list[dict[str, Any]]:
     return document["cards"]
 
 
+def _crs(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    (card,) = [c for c in cards if c["source"]["topic"]["code"] == "crs-grade-astct"]
+    return card
+
+
 def _grade_codes(card: dict[str, Any]) -> tuple[str, str]:
     ra = card["suggestions"][0]["actions"][0]["resource"]
     assert ra["resourceType"] == "RiskAssessment"
@@ -127,8 +132,9 @@ def test_call_with_prefetch_gives_the_crs_card(call, prefetch, find_empty):
     response = call(_hook_request(prefetch))
     assert response.headers["Access-Control-Allow-Origin"]
     cards = _cards(response)
-    # CRS grade 2 carries the one plan; ICANS grade 1 (ICE 8) comes second
-    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct"]
+    # CRS grade 2 carries the one plan; then ICANS grade 1 (ICE 8) and the glucocorticoid exposure (dexamethasone
+    # 10 mg q6h on day 4: 40 mg, more than 35 mg reached at 6 Mar 20:05, in the last 24 h: a warning)
+    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct", "glucocorticoid-exposure"]
     card = cards[0]
     assert card["indicator"] == "warning"
     assert "CRS grade 2" in card["summary"] and len(card["summary"]) < 140
@@ -146,8 +152,8 @@ def test_call_with_prefetch_gives_the_crs_card(call, prefetch, find_empty):
 
 
 def test_call_agrees_with_evaluate(call, prefetch, post_evaluate, small_bundle):
-    hook_card = _cards(call(_hook_request(prefetch)))[0]
-    evaluate_card = orjson.loads(post_evaluate(small_bundle).get_data())["cards"][0]
+    hook_card = _crs(_cards(call(_hook_request(prefetch))))
+    evaluate_card = _crs(orjson.loads(post_evaluate(small_bundle).get_data())["cards"])
     assert _grade_codes(hook_card) == _grade_codes(evaluate_card)
     assert hook_card["summary"] == evaluate_card["summary"]
     assert hook_card["indicator"] == evaluate_card["indicator"]
@@ -160,7 +166,7 @@ def test_call_is_deterministic(call, prefetch):
 
 
 def test_call_with_guideline_and_infusion_date(call, prefetch, card_text):
-    card = _cards(call(_hook_request(prefetch), guideline="ASCO-2021", infusionDate="2026-03-04T10:00:00+01:00"))[0]
+    card = _crs(_cards(call(_hook_request(prefetch), guideline="ASCO-2021", infusionDate="2026-03-04T10:00:00+01:00")))
     assert "Do now (ASCO-2021)" in card_text(card["detail"])
     ra = card["suggestions"][0]["actions"][0]["resource"]
     assert ra["prediction"][1]["whenPeriod"]["start"] == "2026-03-04T10:00:00+01:00"
@@ -171,7 +177,7 @@ def test_all_prefetch_null_is_not_assessable(call, find_empty):
     prefetch = {"patient": None, "observations": None, "medicationAdministrations": None, "conditions": None}
     response = call(_hook_request(prefetch))
     cards = _cards(response)
-    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct"]
+    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct"]  # no data: no exposure card
     assert all(c["indicator"] == "info" for c in cards)
     card = cards[0]
     assert card["indicator"] == "info"
@@ -182,7 +188,7 @@ def test_all_prefetch_null_is_not_assessable(call, find_empty):
 
 def test_null_observations_is_no_data(call, prefetch):
     prefetch["observations"] = None
-    card = _cards(call(_hook_request(prefetch)))[0]
+    card = _crs(_cards(call(_hook_request(prefetch))))
     assert card["indicator"] == "info"
     assert _grade_codes(card)[0] == "not-assessable"
     ra = card["suggestions"][0]["actions"][0]["resource"]
@@ -191,7 +197,7 @@ def test_null_observations_is_no_data(call, prefetch):
 
 def test_null_medication_administrations_is_no_data(call, prefetch):
     prefetch["medicationAdministrations"] = None
-    card = _cards(call(_hook_request(prefetch)))[0]
+    card = _crs(_cards(call(_hook_request(prefetch))))
     # Fever + nasal cannula still grade 2; the maximum 3 now rests on the non-rebreather mask of day 4 alone
     # (no vasopressor without administrations), and day 0 is unknown.
     assert _grade_codes(card) == ("grade-2", "grade-3")
@@ -202,14 +208,14 @@ def test_null_medication_administrations_is_no_data(call, prefetch):
 
 def test_null_patient_with_data_still_grades(call, prefetch):
     prefetch["patient"] = None
-    card = _cards(call(_hook_request(prefetch)))[0]
+    card = _crs(_cards(call(_hook_request(prefetch))))
     assert _grade_codes(card) == ("grade-2", "grade-3")
     assert card["suggestions"][0]["actions"][0]["resource"]["subject"] == {"reference": "Patient/pat-bench"}
 
 
 def test_empty_searchsets_are_no_data(call, prefetch):
     prefetch["observations"] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
-    card = _cards(call(_hook_request(prefetch)))[0]
+    card = _crs(_cards(call(_hook_request(prefetch))))
     assert card["indicator"] == "info"
     assert _grade_codes(card)[0] == "not-assessable"
 
@@ -300,7 +306,7 @@ def test_service_still_answers_after_errors(call, client, prefetch):
     for body in (b"[", _hook_request(None), _hook_request(prefetch, hook="order-select")):
         assert 400 <= call(body).status_code < 500
     assert client.get("/healthz").status_code == 200
-    assert len(_cards(call(_hook_request(prefetch)))) == 2
+    assert len(_cards(call(_hook_request(prefetch)))) == 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,7 +425,7 @@ def _pressor_prefetch(medication: str, *, contained: bool = False, include_full_
 )
 def test_medication_reference_to_included_or_contained_medication(call, reference, contained):
     prefetch = _pressor_prefetch(reference, contained=contained)
-    card = _cards(call(_hook_request(prefetch, patient_id="pat-ref"), as_of="2026-03-05T12:00:00+01:00"))[0]
+    card = _crs(_cards(call(_hook_request(prefetch, patient_id="pat-ref"), as_of="2026-03-05T12:00:00+01:00")))
     assert _grade_codes(card)[0] == "grade-3"  # one vasopressor: known only through the Medication's code
     assert card["indicator"] == "critical"
     basis = [b["reference"] for b in card["suggestions"][0]["actions"][0]["resource"]["basis"]]
@@ -428,7 +434,7 @@ def test_medication_reference_to_included_or_contained_medication(call, referenc
 
 def test_unresolved_medication_reference_is_not_a_vasopressor(call):
     prefetch = _pressor_prefetch("Medication/elsewhere")
-    card = _cards(call(_hook_request(prefetch, patient_id="pat-ref"), as_of="2026-03-05T12:00:00+01:00"))[0]
+    card = _crs(_cards(call(_hook_request(prefetch, patient_id="pat-ref"), as_of="2026-03-05T12:00:00+01:00")))
     assert _grade_codes(card)[0] == "grade-1"
 
 
@@ -443,7 +449,7 @@ def test_searchset_with_next_link_is_partial_data(call, prefetch, engine):
     reasons = {e.partial.reason for e in entries if e.partial is not None}
     assert reasons == {"prefetch.observations: searchset has a next page that was not sent (data may be incomplete)"}
     assert {e.partial.location for e in entries if e.partial is not None} == {"prefetch.observations.link[1]"}
-    card = _cards(call(_hook_request(prefetch)))[0]
+    card = _crs(_cards(call(_hook_request(prefetch))))
     prediction = card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
     assert {e["url"].rsplit("/", 1)[-1]: e["valueCode"] for e in prediction["extension"]}["data-completeness"] == "incomplete"
 

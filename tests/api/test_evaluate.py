@@ -72,8 +72,9 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     assert response.mimetype == "application/json"
     document = orjson.loads(response.get_data())
     assert list(document) == ["cards"]
-    # CRS grade 2 and ICANS grade 1 (ICE 8 since day 4 22:00): the CRS card comes first and carries the one plan.
-    assert [c["source"]["topic"]["code"] for c in document["cards"]] == ["crs-grade-astct", "icans-grade-astct"]
+    # CRS grade 2 and ICANS grade 1 (ICE 8 since day 4 22:00): the CRS card comes first and carries the one plan;
+    # then the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg at 6 Mar 20:05).
+    assert [c["source"]["topic"]["code"] for c in document["cards"]] == ["crs-grade-astct", "icans-grade-astct", "glucocorticoid-exposure"]
     card = document["cards"][0]
 
     # Current grade 2 (fever + nasal cannula O2) over the last 24 h; grade 3 earlier (norepinephrine).
@@ -104,7 +105,8 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     icans = _card(document["cards"], "icans-grade-astct")
     icans_ra = _only(icans["suggestions"][0]["actions"], "ICANS action")["resource"]
     assert _codes(icans_ra["prediction"][0]["outcome"]) == {CARTOX_CS: "grade-1", ICD10CM: "G92.01"}
-    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{ra['id']}"}, {"reference": f"urn:uuid:{icans_ra['id']}"}]
+    exposure = _card(document["cards"], "glucocorticoid-exposure")["suggestions"][0]["actions"][0]["resource"]
+    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{r['id']}"} for r in (ra, icans_ra, exposure)]
     assert "**Management:** see the CRS card" in icans["detail"]
     assert find_empty(document) == []
 
@@ -144,7 +146,7 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     assert bundle["type"] == "collection"
     assert uuid.UUID(bundle["id"])
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["RiskAssessment", "RiskAssessment", "CarePlan", "OperationOutcome"]
+    assert types == ["RiskAssessment", "RiskAssessment", "RiskAssessment", "CarePlan", "OperationOutcome"]
     for entry in bundle["entry"]:
         assert entry["fullUrl"] == f"urn:uuid:{entry['resource']['id']}"
         assert uuid.UUID(entry["resource"]["id"])
@@ -170,14 +172,23 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
 
     cp = _care_plan(bundle)
     assert (cp["status"], cp["intent"]) == ("active", "proposal")
-    assert cp["title"] == "Management of CRS grade 2, ICANS grade 1"
-    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{ra['id']}"}, {"reference": f"urn:uuid:{icans['id']}"}]
+    # the dexamethasone of day 4 (last dose 6 Mar 20:05) is still running: its taper waits for CRS and ICANS <= 1
+    assert cp["title"] == "Management of CRS grade 2, ICANS grade 1, glucocorticoids for CRS or ICANS"
+    exposure = _risk_assessment(bundle, "glucocorticoid-exposure")
+    assert cp["supportingInfo"] == [{"reference": f"urn:uuid:{r['id']}"} for r in (ra, icans, exposure)]
+    taper = next(a["detail"] for a in cp["activity"] if a["detail"]["kind"] != "MedicationRequest"
+                 and _codes(a["detail"]["code"]).get(CARTOX_CS) == "taper-glucocorticoids")
+    assert taper["status"] == "on-hold" and "CRS grade 2 now" in taper["statusReason"]["text"]
     # ICANS grade 1 (seed-S004): alert the neurologist, ICE monitoring; alert ICU once for both findings.
     assert _activity_keys(cp).count("cartox:alert-icu") == 1
     assert {"cartox:alert-neurology", "cartox:ice-monitoring", "cartox:elevate-head-of-bed", "cartox:neurologic-workup",
             "cartox:treat-concurrent-crs"} <= set(_activity_keys(cp))
     reasons = {a["detail"]["reasonCode"][0]["text"] for a in cp["activity"]}
-    assert reasons == {"CRS grade 2", "ICANS grade 1"}
+    assert reasons == {"CRS grade 2", "ICANS grade 1", "glucocorticoids for CRS or ICANS"}
+    # glucocorticoid exposure: 4 x dexamethasone 10 mg on day 4
+    (cumulative,) = [e["valueQuantity"] for e in exposure["extension"] if e["url"].endswith("/cumulative-dexamethasone-equivalent")]
+    assert cumulative["value"] == 40 and cumulative["code"] == "mg"
+    assert _codes(exposure["prediction"][0]["outcome"]) == {CARTOX_CS: "high-exposure"}
     # seed-S004 grade 2: alert ICU, infection work-up, tocilizumab 8 mg/kg x 80 kg = 640 mg.
     keys = _activity_keys(cp)
     assert "cartox:alert-icu" in keys

@@ -163,7 +163,7 @@ def outcome(engine):
 
 def test_the_hostile_patient_has_crs_and_the_input_was_read(outcome):
     """The bundle means what it says: grade 3, drugs known, the hostile resources were read or noted."""
-    (finding,) = [f for f in outcome.evaluation.findings if f.rule.toxicity == "crs"]
+    (finding,) = [f for f in outcome.evaluation.findings if f.rule.rule_id == "crs-astct"]
     assert finding.current.grade == 3
     assert outcome.timeline.patient == f"Patient/{PATIENT_ID}"
     concepts = set(outcome.timeline.administrations)

@@ -75,7 +75,7 @@ BENCH_SCENARIOS: list[tuple[str, str, str, str | None, str | None, Callable[[dic
     ("full-day1-before-fever", "full", "2026-03-03T12:00:00+01:00", None, None, None, False),
     ("full-day3-fever", "full", "2026-03-05T06:00:00+01:00", None, None, None, True),
     ("full-as-of", "full", "2026-03-07T12:00:00+01:00", None, None, None, True),
-    ("full-day18-resolved", "full", "2026-03-20T12:00:00+01:00", None, None, None, False),
+    ("full-day18-resolved", "full", "2026-03-20T12:00:00+01:00", None, None, None, True),  # the glucocorticoid exposure stays
     ("small-day4-night", "small", "2026-03-06T02:00:00+01:00", None, None, None, True),
     ("small-as-of", "small", "2026-03-07T12:00:00+01:00", None, None, None, True),
     ("small-as-of-utc", "small", "2026-03-07T11:00:00+00:00", None, None, None, True),

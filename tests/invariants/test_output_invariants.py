@@ -33,14 +33,17 @@ ICD_OF_GRADE = {
     CRS: {"grade-1": "D89.831", "grade-2": "D89.832", "grade-3": "D89.833", "grade-4": "D89.834"},
     ICANS: {"grade-1": "G92.01", "grade-2": "G92.02", "grade-3": "G92.03", "grade-4": "G92.04"},
 }
-RULE_OF = {CRS: "crs-astct", ICANS: "icans-astct"}
+RULE_OF = {CRS: "crs-astct", ICANS: "icans-astct"}  # the grading findings
+EXPOSURE = "glucocorticoid-exposure"  # the metrics finding
+PROFILE_OF = {CRS: "cartox-risk-assessment", ICANS: "cartox-risk-assessment", EXPOSURE: "cartox-glucocorticoid-exposure"}
+EXPOSURE_OUTCOMES = {"high-exposure", "low-exposure", "no-exposure", "not-assessable"}
 GLUCOCORTICOIDS = {"3264", "6902", "8640", "8638", "5492"}  # RxNorm ingredients: dexamethasone ... hydrocortisone
 NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "flagged-duplicate",
               "flagged-partial-data", "flagged-time", "dropped-implausible",
               "dropped-unit", "dropped-time", "dropped-future", "dropped-value"}
 CARE_ACTIVITY_CODES = {"supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing",
                        "alert-neurology", "ice-monitoring", "elevate-head-of-bed", "neurologic-workup", "treat-concurrent-crs",
-                       "hyperventilation"}
+                       "hyperventilation", "taper-glucocorticoids"}
 REFERENCE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
 MODELS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "OperationOutcome": OperationOutcome}
 
@@ -110,7 +113,8 @@ class Result:
 
     @property
     def risk_assessments(self) -> list[dict[str, Any]]:
-        return self.of_type("RiskAssessment")
+        """The grading findings' RiskAssessments (CRS, ICANS)."""
+        return [ra for ra in self.of_type("RiskAssessment") if _assessment_code(ra) in RULE_OF]
 
     def expected(self, code: str) -> tuple[str, str]:
         return (self.scenario.current, self.scenario.maximum) if code == CRS else self.scenario.icans
@@ -193,7 +197,8 @@ def test_bundle_shape(result):
     bundle = result.bundle
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert sorted(_assessment_code(r) for r in result.risk_assessments) == sorted(RULE_OF)  # one per grading rule
+    # one per finding rule: the grading rules and the glucocorticoid exposure metrics
+    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, EXPOSURE])
     assert types.count("OperationOutcome") == 1
     assert types.count("CarePlan") <= 1
     assert types[-1] == "OperationOutcome"
@@ -201,7 +206,7 @@ def test_bundle_shape(result):
 
 def test_profiles_and_versions(result):
     for resource in result.of_type("RiskAssessment") + result.of_type("CarePlan"):
-        name = "cartox-risk-assessment" if resource["resourceType"] == "RiskAssessment" else "cartox-care-plan"
+        name = PROFILE_OF[_assessment_code(resource)] if resource["resourceType"] == "RiskAssessment" else "cartox-care-plan"
         assert resource["meta"]["profile"] == [f"{BASE}/StructureDefinition/{name}"]
         (rule_set,) = _extensions(resource, "rule-set-version")
         assert re.fullmatch(r"\d+\.\d+\.\d+\+[0-9a-f]{6,}", rule_set)
@@ -359,12 +364,15 @@ def test_care_plan_shape(result):
 def test_graded_finding_has_a_care_plan(result):
     graded = [ra for ra in result.risk_assessments if _grade(ra["prediction"][0]) not in ("grade-0", "not-assessable")]
     care_plans = result.of_type("CarePlan")
-    assert len(care_plans) == (1 if graded else 0)  # one plan for the patient, merged from every finding's
+    if graded:
+        assert len(care_plans) == 1  # one plan for the patient, merged from every finding's
+    assert len(care_plans) <= 1
     for care_plan in care_plans:
         supporting = {info["reference"] for info in care_plan["supportingInfo"]}
-        assert supporting == {f"urn:uuid:{ra['id']}" for ra in graded}
+        every = {f"urn:uuid:{ra['id']}": _assessment_code(ra) for ra in result.of_type("RiskAssessment")}
+        assert {f"urn:uuid:{ra['id']}" for ra in graded} <= supporting <= set(every)
         drivers = {c["code"] for a in care_plan["activity"] for c in a["detail"]["reasonCode"][0]["coding"]}
-        assert drivers <= {_assessment_code(ra) for ra in graded}
+        assert drivers == {every[reference] for reference in supporting}  # every finding of the plan calls for something
 
 
 def test_at_most_one_systemic_glucocorticoid_is_given_now(result):
@@ -401,16 +409,40 @@ def test_operation_outcome_lists_ignored_input(result):
 # Cards
 # --------------------------------------------------------------------------------------------------
 def test_grade_0_has_no_card_and_other_findings_one(result):
-    carded = sorted(_assessment_code(ra) for ra in result.risk_assessments if _grade(ra["prediction"][0]) != "grade-0")
-    assert sorted(card["source"]["topic"]["code"] for card in result.cards) == carded
+    carded = [_assessment_code(ra) for ra in result.risk_assessments if _grade(ra["prediction"][0]) != "grade-0"]
+    exposure = result.assessment(EXPOSURE)
+    if exposure.get("basis"):  # glucocorticoids counted: a card with the totals
+        carded.append(EXPOSURE)
+    assert sorted(card["source"]["topic"]["code"] for card in result.cards) == sorted(carded)
 
 
 def test_indicator_matches_grade(result):
     expected = {"not-assessable": "info", "grade-1": "warning", "grade-2": "warning",
                 "grade-3": "critical", "grade-4": "critical", "grade-5": "critical"}
     for card in result.cards:
-        grade = _grade(result.assessment(card["source"]["topic"]["code"])["prediction"][0])
+        code = card["source"]["topic"]["code"]
+        if code == EXPOSURE:  # information, a warning when a threshold was first reached in the last 24 h
+            assert card["indicator"] in ("info", "warning")
+            continue
+        grade = _grade(result.assessment(code)["prediction"][0])
         assert card["indicator"] == expected[grade]
+
+
+def test_glucocorticoid_exposure_risk_assessment(result):
+    ra = result.assessment(EXPOSURE)
+    (prediction,) = ra["prediction"]  # the metrics kind's one slot: the outcome over day 0 -> evaluation time
+    assert _grade(prediction) in EXPOSURE_OUTCOMES
+    assert _time(prediction["whenPeriod"]["end"]) == _time(result.scenario.as_of)
+    sent = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in result.input_bundle["entry"]}
+    for basis in ra.get("basis", []):
+        assert basis["reference"].startswith("MedicationAdministration/") and basis["reference"] in sent
+    (cumulative,) = _extensions(ra, "cumulative-dexamethasone-equivalent")
+    assert cumulative["code"] == "mg" and cumulative["value"] >= 0
+    days = _extensions(ra, "exposure-days")
+    assert days and days[0] >= (1 if ra.get("basis") else 0)
+    thresholds = [coding["code"] for coding in _extensions(ra, "glucocorticoid-threshold")]
+    if "s000-cumulative-high" in thresholds:
+        assert cumulative["value"] > 35 and _grade(prediction) == "high-exposure"
 
 
 def test_card_summaries_are_short(result):
@@ -430,16 +462,20 @@ def test_card_shape(result):
         assert all(a["type"] == "create" for a in suggestion["actions"])
         resources = [a["resource"] for a in suggestion["actions"]]
         assert resources[0] == result.assessment(card["source"]["topic"]["code"])
-        # the merged CarePlan is created by the first card only; the others say where the plan is
+        # the merged CarePlan is created by the first card only; the others of its findings say where the plan is
         assert resources[1:] == (care_plans if index == 0 else [])
-        if index > 0 and care_plans:
+        in_plan = care_plans and {"reference": f"urn:uuid:{resources[0]['id']}"} in care_plans[0]["supportingInfo"]
+        if index > 0 and in_plan:
             assert "**Management:** see the" in card["detail"]
 
 
 def test_cards_are_ordered_most_severe_first(result):
-    severity = {"grade-4": 4, "grade-3": 3, "grade-2": 2, "grade-1": 1, "not-assessable": -1}
-    grades = [severity[_grade(result.assessment(card["source"]["topic"]["code"])["prediction"][0])] for card in result.cards]
-    assert grades == sorted(grades, reverse=True)
+    """The card carrying the plan first, then critical, warning, information."""
+    rank = {"critical": 0, "warning": 1, "info": 2}
+    ranks = [rank[card["indicator"]] for card in result.cards[1:]]
+    assert ranks == sorted(ranks)
+    if result.of_type("CarePlan"):
+        assert len(result.cards[0]["suggestions"][0]["actions"]) == 2
 
 
 def test_no_null_or_empty_fields_in_cds_responses(result, find_empty):

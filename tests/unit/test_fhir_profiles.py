@@ -97,6 +97,15 @@ def test_directory_has_the_expected_resources():
         "StructureDefinition-cartox-seizure-observation.json",
         "StructureDefinition-cartox-motor-weakness-observation.json",
         "StructureDefinition-cartox-cerebral-edema-observation.json",
+        # glucocorticoid exposure (metrics finding kind)
+        "StructureDefinition-cartox-glucocorticoid-exposure.json",
+        "StructureDefinition-cumulative-dexamethasone-equivalent.json",
+        "StructureDefinition-cumulative-methylprednisolone-equivalent-per-kg.json",
+        "StructureDefinition-exposure-days.json",
+        "StructureDefinition-first-dose-day.json",
+        "StructureDefinition-glucocorticoid-threshold.json",
+        "ValueSet-glucocorticoid-exposure-outcome.json",
+        "ValueSet-glucocorticoid-threshold.json",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -139,7 +148,7 @@ def test_extensions_fix_their_own_url_and_one_value_type():
     exts = [(p, d) for p, d in _by_type("StructureDefinition") if d["type"] == "Extension"]
     assert {d["id"] for _, d in exts} >= {
         "rule-set-version", "guideline-version", "data-completeness", "grading-scale", "missing-data",
-        "plan-status", "activity-role", "activity-condition", "activity-condition-met"}
+        "plan-status", "activity-role", "activity-condition", "activity-condition-met", *GLUCOCORTICOID_EXTENSIONS}
     for path, sd in exts:
         assert sd["kind"] == "complex-type", path.name
         assert sd["baseDefinition"] == f"{FHIR_CORE}Extension", path.name
@@ -154,6 +163,7 @@ def test_profiles_are_resource_constraints_on_core():
     profiles = [(p, d) for p, d in _by_type("StructureDefinition") if d["kind"] == "resource"]
     assert {d["id"]: d["type"] for _, d in profiles} == {
         "cartox-risk-assessment": "RiskAssessment",
+        "cartox-glucocorticoid-exposure": "RiskAssessment",
         "cartox-care-plan": "CarePlan",
         "cartox-oxygen-device-observation": "Observation",
         "cartox-car-t-infusion": "MedicationAdministration",
@@ -170,6 +180,16 @@ def test_profiles_are_resource_constraints_on_core():
         for el in sd["differential"]["element"]:
             assert el["path"].split(".")[0] == sd["type"], f"{path.name}: {el['id']}"
             assert el["id"].split(".")[0].split(":")[0] == sd["type"], f"{path.name}: {el['id']}"
+
+
+# Glucocorticoid exposure (the metrics finding kind): its outcome codes, threshold codes and value extensions.
+GLUCOCORTICOID_OUTCOMES = ("high-exposure", "low-exposure", "no-exposure", "not-assessable")
+GLUCOCORTICOID_THRESHOLDS = ("s000-cumulative-high", "s000-early", "s000-prolonged", "karschnia-long",
+                             "s002-pediatric-high", "s002-early", "s002-prolonged")
+GLUCOCORTICOID_METRICS = ("cumulative-dexamethasone-equivalent", "cumulative-methylprednisolone-equivalent-per-kg",
+                          "exposure-days", "first-dose-day")
+GLUCOCORTICOID_EXTENSIONS = (*GLUCOCORTICOID_METRICS, "glucocorticoid-threshold")
+TAPER_CONDITIONS = ("glucocorticoid-running", "crs-grade-1-or-lower", "icans-grade-1-or-lower", "grades-allow-taper")
 
 
 # The only codes that are not lower-case kebab-case: the grading scales, whose codes are the guideline ids
@@ -221,6 +241,9 @@ def test_codesystem_has_the_codes_the_service_relies_on():
         "hypotension-persists-after-tocilizumab",
         "concurrent-crs", "no-concurrent-crs", "tocilizumab-refractory", "no-crs-or-tocilizumab-refractory",
         "seizure", "papilloedema", "raised-icp", "team-decides",
+        # glucocorticoid exposure (metrics kind) and the taper activity with its conditions
+        "glucocorticoid-exposure", *GLUCOCORTICOID_OUTCOMES, *GLUCOCORTICOID_THRESHOLDS,
+        "taper-glucocorticoids", *TAPER_CONDITIONS,
         "input-not-json", "input-not-bundle", "input-bad-parameter",
         "input-unsupported-media-type", "input-body-too-large", "input-wrong-type",
         "input-multiple-patients", "input-invalid-resource", "input-not-acceptable",
@@ -254,7 +277,7 @@ def test_valueset_codes_exist_in_codesystem():
 CARE_ACTIVITIES = (
     "supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing",
     "alert-neurology", "ice-monitoring", "elevate-head-of-bed", "neurologic-workup", "treat-concurrent-crs",
-    "hyperventilation")
+    "hyperventilation", "taper-glucocorticoids")
 
 
 def test_valueset_contents():
@@ -268,6 +291,8 @@ def test_valueset_contents():
         (cartox, "not-assessable")}
     assert codes("cartox-care-activity") == {(cartox, c) for c in CARE_ACTIVITIES}
     assert codes("cartox-grading-assessment") == {(cartox, "crs-grade-astct"), (cartox, "icans-grade-astct")}
+    assert codes("glucocorticoid-exposure-outcome") == {(cartox, c) for c in GLUCOCORTICOID_OUTCOMES}
+    assert codes("glucocorticoid-threshold") == {(cartox, c) for c in GLUCOCORTICOID_THRESHOLDS}
     assert codes("grading-scale") == {(cartox, c) for c in GRADING_SCALES}
     assert codes("plan-status") == {(cartox, c) for c in ("give-now", "conditional", "blocked")}
     assert codes("activity-role") == {(cartox, c) for c in ("first-line", "second-line", "alternative", "adjunct")}
@@ -437,7 +462,9 @@ def test_care_plan_profile_is_the_merged_plan():
     assert "merged" in sd["description"] and "reasonCode" in sd["description"]
     supporting = els["CarePlan.supportingInfo"]
     assert (supporting["min"], supporting["max"]) == (1, "*")
-    assert supporting["type"][0]["targetProfile"] == [f"{BASE}/StructureDefinition/cartox-risk-assessment"]
+    # the grading findings and the glucocorticoid exposure finding (its de-escalation plan, e.g. the taper)
+    assert supporting["type"][0]["targetProfile"] == [f"{BASE}/StructureDefinition/cartox-risk-assessment",
+                                                      f"{BASE}/StructureDefinition/cartox-glucocorticoid-exposure"]
     assert "every" in supporting["definition"]
     assert els["CarePlan.title"]["min"] == 1
     reason = els["CarePlan.activity.detail.reasonCode"]
@@ -599,4 +626,327 @@ def test_readme_documents_finding_kinds_merged_plan_and_grading_scale():
     assert f"{BASE}/StructureDefinition/grading-scale" in readme
     for word in ("gradingScale", "reasonCode", "merged", "cartox-grading-assessment", "G92.01", "D89.831",
                  *GRADING_SCALES):
+        assert word in readme, word
+
+
+# ---------------------------------------------------------------- glucocorticoid exposure (the metrics finding kind)
+
+GCE = "cartox-glucocorticoid-exposure"
+UCUM = "http://unitsofmeasure.org"
+
+
+def _ext_url(sd_id: str) -> str:
+    return f"{BASE}/StructureDefinition/{sd_id}"
+
+
+def test_glucocorticoid_exposure_profile_is_the_metrics_kind():
+    sd = _sd(GCE)
+    els = _elements(GCE)
+    assert sd["url"] == _ext_url(GCE) and sd["name"] == "CartoxGlucocorticoidExposure"
+    assert sd["type"] == "RiskAssessment" and sd["baseDefinition"] == f"{FHIR_CORE}RiskAssessment"
+    assert "own profile" in sd["description"] and "metrics" in sd["description"]
+    assert "never causation" in sd["description"]
+    assert els["RiskAssessment.status"]["fixedCode"] == "final"
+    assert els["RiskAssessment.subject"]["min"] == 1
+    assert els["RiskAssessment.occurrence[x]"]["type"] == [{"code": "dateTime"}]
+    # code: exactly the cartox coding glucocorticoid-exposure, not a grading assessment
+    cartox = els["RiskAssessment.code.coding:cartox"]
+    assert (cartox["min"], cartox["max"]) == (1, "1") and "binding" not in cartox
+    assert els["RiskAssessment.code.coding:cartox.system"]["fixedUri"] == CODESYSTEM_URL
+    assert els["RiskAssessment.code.coding:cartox.code"]["fixedCode"] == "glucocorticoid-exposure"
+    assert els["RiskAssessment.code.text"]["min"] == 1
+    assert "glucocorticoid-exposure" not in _vs_codes("cartox-grading-assessment")
+    # method: the rule's coding with its version, and text
+    rule = els["RiskAssessment.method.coding:rule"]
+    assert (rule["min"], rule["max"]) == (1, "1")
+    assert els["RiskAssessment.method.coding:rule.code"]["fixedCode"] == "glucocorticoid-exposure"
+    assert els["RiskAssessment.method.coding:rule.version"]["min"] == 1
+    assert els["RiskAssessment.method.text"]["min"] == 1
+    # extensions, in the order the service sends them
+    slices = [(e["sliceName"], e["min"], e["max"], e["type"][0]["profile"]) for e in els.values()
+              if e["path"] == "RiskAssessment.extension" and "sliceName" in e]
+    assert slices == [
+        ("ruleSetVersion", 1, "1", [_ext_url("rule-set-version")]),
+        ("guidelineVersion", 1, "1", [_ext_url("guideline-version")]),
+        ("missingData", 0, "*", [_ext_url("missing-data")]),
+        ("cumulativeDexamethasoneEquivalent", 0, "1", [_ext_url("cumulative-dexamethasone-equivalent")]),
+        ("cumulativeMethylprednisoloneEquivalentPerKg", 0, "1", [_ext_url("cumulative-methylprednisolone-equivalent-per-kg")]),
+        ("exposureDays", 0, "1", [_ext_url("exposure-days")]),
+        ("firstDoseDay", 0, "1", [_ext_url("first-dose-day")]),
+        ("glucocorticoidThreshold", 0, "*", [_ext_url("glucocorticoid-threshold")]),
+    ]
+    # exactly one prediction: data-completeness, the exposure class, day 0 -> evaluation time, rationale
+    prediction = els["RiskAssessment.prediction"]
+    assert (prediction["min"], prediction["max"]) == (1, "1")
+    slices = [(e["sliceName"], e["min"], e["max"], e["type"][0]["profile"]) for e in els.values()
+              if e["path"] == "RiskAssessment.prediction.extension" and "sliceName" in e]
+    assert slices == [("dataCompleteness", 1, "1", [_ext_url("data-completeness")])]
+    exposure = els["RiskAssessment.prediction.outcome.coding:exposure"]
+    assert (exposure["min"], exposure["max"]) == (1, "1")
+    assert exposure["binding"] == {"strength": "required", "valueSet": _vs_url("glucocorticoid-exposure-outcome")}
+    assert els["RiskAssessment.prediction.outcome.coding:exposure.system"]["fixedUri"] == CODESYSTEM_URL
+    assert els["RiskAssessment.prediction.outcome.text"]["min"] == 1
+    assert els["RiskAssessment.prediction.when[x]"]["type"] == [{"code": "Period"}]
+    assert els["RiskAssessment.prediction.rationale"]["min"] == 1
+    assert els["RiskAssessment.basis"]["type"][0]["targetProfile"] == [f"{FHIR_CORE}MedicationAdministration"]
+    assert (els["RiskAssessment.note"]["min"], els["RiskAssessment.note"]["max"]) == (0, "*")
+    # the invariants name exactly the codes of their ValueSets
+    invariants = _constraints(GCE)
+    assert set(invariants) == {f"ctx-gce-{n}" for n in range(1, 10)}
+    assert _quoted(invariants["ctx-gce-3"]["expression"]) == {CODESYSTEM_URL, *GLUCOCORTICOID_OUTCOMES}
+    assert _quoted(invariants["ctx-gce-4"]["expression"]) == {_ext_url(m) for m in GLUCOCORTICOID_METRICS}
+    assert _quoted(invariants["ctx-gce-9"]["expression"]) >= {"s000-cumulative-high", "s002-pediatric-high"}
+
+
+def test_glucocorticoid_exposure_extensions():
+    values = {
+        "cumulative-dexamethasone-equivalent": ("Quantity", "mg", "1"),
+        "cumulative-methylprednisolone-equivalent-per-kg": ("Quantity", "mg/kg", "1"),
+        "exposure-days": ("integer", None, "1"),
+        "first-dose-day": ("integer", None, "1"),
+        "glucocorticoid-threshold": ("Coding", None, "*"),
+    }
+    for sd_id, (value_type, unit, max_) in values.items():
+        sd = _sd(sd_id)
+        els = _elements(sd_id)
+        assert sd["context"] == [{"type": "element", "expression": "RiskAssessment"}], sd_id
+        assert els["Extension"]["max"] == max_, sd_id
+        assert els["Extension.extension"]["max"] == "0", sd_id
+        value = els["Extension.value[x]"]
+        assert [t["code"] for t in value["type"]] == [value_type], sd_id
+        if unit:
+            assert value["patternQuantity"] == {"unit": unit, "system": UCUM, "code": unit}, sd_id
+            assert f"UCUM unit {unit}" in sd["description"], sd_id
+        assert len(_constraints(sd_id)) == 1, sd_id
+    assert "Day 0 is the calendar date of the CAR-T infusion in the infusion's UTC offset" in _sd("first-dose-day")["description"]
+    assert "milligrams per kilogram" in _sd("cumulative-methylprednisolone-equivalent-per-kg")["description"]
+    assert "in milligrams" in _sd("cumulative-dexamethasone-equivalent")["description"]
+    assert _elements("glucocorticoid-threshold")["Extension.value[x]"]["binding"] == {
+        "strength": "required", "valueSet": _vs_url("glucocorticoid-threshold")}
+
+
+def test_glucocorticoid_codes_are_defined_with_their_sources():
+    concepts = {c["code"]: c for c in _codesystem()["concept"]}
+    assert concepts["glucocorticoid-exposure"]["display"] == "Systemic glucocorticoid exposure after CAR-T cell infusion"
+    assert concepts["taper-glucocorticoids"]["display"] == "Taper glucocorticoids given for CRS/ICANS"
+    assert concepts["glucocorticoid-running"]["display"] == "Glucocorticoids for CRS or ICANS are running"
+    assert concepts["grades-allow-taper"]["display"] == "CRS and ICANS are grade 1 or lower"
+    high = concepts["high-exposure"]["definition"]
+    assert "s000-cumulative-high" in high and "s002-pediatric-high" in high and "18" in high
+    assert "cannot be classed" in concepts["not-assessable"]["definition"]
+    assert "grade 0" in concepts["not-assessable"]["definition"]
+    sources = {
+        "s000-cumulative-high": ("35 mg", "943004", "Table 2"),
+        "s000-early": ("day 7", "Table 3"),
+        "s000-prolonged": ("more than 3 days", "Table 3"),
+        "karschnia-long": ("10 days or more", "Karschnia", "2212", "S004"),
+        "s002-pediatric-high": ("8 mg/kg", "30", "1604866"),
+        "s002-early": ("before day 5", "S002"),
+        "s002-prolonged": ("more than 2 days", "S002"),
+    }
+    assert set(sources) == set(GLUCOCORTICOID_THRESHOLDS)
+    for code, words in sources.items():
+        definition = concepts[code]["definition"]
+        for word in (*words, "never causation", "Strati", "myeloma", "longer PFS"):
+            assert word in definition, f"{code}: {word}"
+
+
+def _gce_risk_assessment() -> dict:
+    """A glucocorticoid exposure RiskAssessment shaped as the service builds it (an adult, one dexamethasone day)."""
+    end = "2026-03-06T12:00:00+01:00"
+
+    def threshold(code, display):
+        return {"url": _ext_url("glucocorticoid-threshold"), "valueCoding": {"system": CODESYSTEM_URL, "code": code, "display": display}}
+
+    return {
+        "resourceType": "RiskAssessment",
+        "id": "ra-glucocorticoid-exposure",
+        "meta": {"profile": [_ext_url(GCE)]},
+        "extension": [
+            {"url": _ext_url("rule-set-version"), "valueString": "1.0.0+3f9a2c1b7e4d"},
+            {"url": _ext_url("guideline-version"), "valueString": "seed-S004"},
+            {"url": _ext_url("cumulative-dexamethasone-equivalent"),
+             "valueQuantity": {"value": 40, "unit": "mg", "system": UCUM, "code": "mg"}},
+            {"url": _ext_url("cumulative-methylprednisolone-equivalent-per-kg"),
+             "valueQuantity": {"value": 2.667, "unit": "mg/kg", "system": UCUM, "code": "mg/kg"}},
+            {"url": _ext_url("exposure-days"), "valueInteger": 1},
+            {"url": _ext_url("first-dose-day"), "valueInteger": 4},
+            threshold("s000-cumulative-high", "more than 35 mg (S000)"),
+            threshold("s000-early", "first dose by day 7 (S000)"),
+        ],
+        "status": "final",
+        "code": {"coding": [{"system": CODESYSTEM_URL, "code": "glucocorticoid-exposure",
+                             "display": "Systemic glucocorticoid exposure after CAR-T cell infusion"}],
+                 "text": "Systemic glucocorticoid exposure after CAR-T cell infusion"},
+        "subject": {"reference": "Patient/example"},
+        "occurrenceDateTime": end,
+        "method": {"coding": [{"system": CODESYSTEM_URL, "code": "glucocorticoid-exposure", "version": "1.0.0",
+                               "display": "Systemic glucocorticoid exposure after CAR-T cell infusion"}],
+                   "text": "Rule glucocorticoid-exposure 1.0.0 (rule set 1.0.0+3f9a2c1b7e4d); sources S000-S002"},
+        "basis": [{"reference": "MedicationAdministration/dex-1"}, {"reference": "MedicationAdministration/dex-2"}],
+        "prediction": [{
+            "extension": [{"url": _ext_url("data-completeness"), "valueCode": "complete"}],
+            "outcome": {"coding": [{"system": CODESYSTEM_URL, "code": "high-exposure", "display": "High exposure"}],
+                        "text": "Glucocorticoids since day 0: 40 mg dexamethasone-equivalent, 1 day with a dose"},
+            "whenPeriod": {"start": "2026-03-02T10:00:00+01:00", "end": end},
+            "rationale": "cumulative dexamethasone-equivalent: 40 mg; ... Thresholds reached: s000-cumulative-high; s000-early",
+        }],
+        "note": [{"text": "Associations from observational cohorts, not causation."}],
+    }
+
+
+def _gce_failing(resource: dict, fhirpath) -> list[str]:
+    """The profile's invariants, and those of its extensions evaluated on every extension of that url."""
+    from fhirpathpy.models import models
+
+    failing = _failing(resource, GCE, fhirpath)
+    for sd_id, where in [(e, "extension") for e in GLUCOCORTICOID_EXTENSIONS] + [("data-completeness", "prediction.extension")]:
+        for key, c in _constraints(sd_id).items():
+            expression = f"{where}.where(url = '{_ext_url(sd_id)}').all({c['expression']})"
+            if fhirpath.evaluate(resource, expression, {"resource": resource}, models["r4"]) != [True]:
+                failing.append(key)
+    return sorted(failing)
+
+
+def _extensions_of(ra: dict, sd_id: str) -> list[dict]:
+    return [e for e in ra["extension"] if e["url"] == _ext_url(sd_id)]
+
+
+def _set_outcome(code: str):
+    def change(ra):
+        ra["prediction"][0]["outcome"]["coding"][0]["code"] = code
+    return change
+
+
+def _no_exposure(ra):
+    ra["extension"] = [e for e in ra["extension"] if e["url"] not in (
+        _ext_url("glucocorticoid-threshold"), _ext_url("first-dose-day"))]
+    _extensions_of(ra, "cumulative-dexamethasone-equivalent")[0]["valueQuantity"]["value"] = 0
+    _extensions_of(ra, "cumulative-methylprednisolone-equivalent-per-kg")[0]["valueQuantity"]["value"] = 0
+    _extensions_of(ra, "exposure-days")[0]["valueInteger"] = 0
+    del ra["basis"]
+    _set_outcome("no-exposure")(ra)
+
+
+def _child_without_weight(ra):
+    ra["extension"] = [e for e in ra["extension"]
+                       if e["url"] != _ext_url("cumulative-methylprednisolone-equivalent-per-kg")]
+    ra["extension"].insert(2, {"url": _ext_url("missing-data"), "valueString": "no body weight in the last 7 days: mg/kg not computed"})
+    ra["prediction"][0]["extension"][0]["valueCode"] = "incomplete"
+    _set_outcome("not-assessable")(ra)
+
+
+def _low_exposure(ra):
+    ra["extension"] = [e for e in ra["extension"] if e.get("valueCoding", {}).get("code") != "s000-cumulative-high"]
+    _extensions_of(ra, "cumulative-dexamethasone-equivalent")[0]["valueQuantity"]["value"] = 20
+    _set_outcome("low-exposure")(ra)
+
+
+def _grading_code(ra):
+    ra["code"]["coding"][0]["code"] = "crs-grade-astct"
+
+
+def _two_predictions(ra):
+    ra["prediction"].append(json.loads(json.dumps(ra["prediction"][0])))
+
+
+def _grade_outcome(ra):
+    ra["prediction"][0]["outcome"]["coding"][0]["code"] = "grade-3"
+
+
+def _two_outcome_codings(ra):
+    ra["prediction"][0]["outcome"]["coding"].append({"system": CODESYSTEM_URL, "code": "low-exposure"})
+
+
+def _twice(sd_id: str):
+    def change(ra):
+        ra["extension"].append(json.loads(json.dumps(_extensions_of(ra, sd_id)[0])))
+    return change
+
+
+def _threshold_system(ra):
+    _extensions_of(ra, "glucocorticoid-threshold")[1]["valueCoding"]["system"] = "http://snomed.info/sct"
+
+
+def _period_not_at_evaluation(ra):
+    ra["prediction"][0]["whenPeriod"]["end"] = "2026-03-06T11:00:00+01:00"
+
+
+def _period_reversed(ra):
+    ra["prediction"][0]["whenPeriod"]["start"] = "2026-03-07T10:00:00+01:00"
+
+
+def _basis_observation(ra):
+    ra["basis"].append({"reference": "Observation/weight-1"})
+
+
+def _no_exposure_with_threshold(ra):
+    _set_outcome("no-exposure")(ra)
+
+
+def _high_without_its_threshold(ra):
+    ra["extension"] = [e for e in ra["extension"] if e.get("valueCoding", {}).get("code") != "s000-cumulative-high"]
+
+
+def _set_value(sd_id: str, key: str, value):
+    def change(ra):
+        _extensions_of(ra, sd_id)[0][key] = value
+    return change
+
+
+GCE_BROKEN = [
+    (_grading_code, "ctx-gce-1"),
+    (_two_predictions, "ctx-gce-2"),
+    (_grade_outcome, "ctx-gce-3"),
+    (_two_outcome_codings, "ctx-gce-3"),
+    *[(_twice(m), "ctx-gce-4") for m in GLUCOCORTICOID_METRICS],
+    (_threshold_system, "ctx-gce-5"),
+    (_threshold_system, "ctx-gct-1"),
+    (_period_not_at_evaluation, "ctx-gce-6"),
+    (_period_reversed, "ctx-gce-6"),
+    (_basis_observation, "ctx-gce-7"),
+    (_no_exposure_with_threshold, "ctx-gce-8"),
+    (_high_without_its_threshold, "ctx-gce-9"),
+    (_set_value("cumulative-dexamethasone-equivalent", "valueQuantity", {"value": 40, "unit": "g", "system": UCUM, "code": "g"}), "ctx-cde-1"),
+    (_set_value("cumulative-methylprednisolone-equivalent-per-kg", "valueQuantity", {"value": 2.667, "unit": "mg", "system": UCUM, "code": "mg"}), "ctx-cmk-1"),
+    (_set_value("exposure-days", "valueInteger", -1), "ctx-exd-1"),
+    (_set_value("first-dose-day", "valueInteger", -2), "ctx-fdd-1"),
+]
+
+
+def test_glucocorticoid_exposure_invariants_hold_on_conforming_instances_and_fail_on_broken_ones():
+    import fhirpathpy as fhirpath  # a test dependency: the invariants are evaluated, never skipped
+    model = get_fhir_model_class("RiskAssessment")
+    ra = _gce_risk_assessment()
+    model.model_validate(ra)
+    # the sample sends the extensions in the profile's slice order
+    order = [e["type"][0]["profile"][0] for e in _sd(GCE)["differential"]["element"]
+             if e["path"] == "RiskAssessment.extension" and "sliceName" in e]
+    sent = [order.index(e["url"]) for e in ra["extension"]]
+    assert sent == sorted(sent)
+    assert _failing(ra, GCE, fhirpath) == []
+    assert _gce_failing(ra, fhirpath) == []
+    for change in (_no_exposure, _child_without_weight, _low_exposure):
+        variant = _mutate(ra, change)
+        model.model_validate(variant)
+        assert _gce_failing(variant, fhirpath) == [], change.__name__
+    for change, key in GCE_BROKEN:
+        broken = _mutate(ra, change)
+        model.model_validate(broken)  # a valid RiskAssessment: only the profile's invariants catch it
+        assert key in _gce_failing(broken, fhirpath), (change.__name__, key)
+    # its own profile: the code is no grading assessment, and the sample is no grading RiskAssessment
+    assert "glucocorticoid-exposure" not in _vs_codes("cartox-grading-assessment")
+
+
+def test_readme_documents_glucocorticoid_exposure():
+    readme = (_dir() / "README.md").read_text(encoding="utf-8")
+    assert "### Glucocorticoid exposure (metrics kind)" in readme
+    assert "Every finding kind has its own RiskAssessment" in readme
+    section = readme.split("### Glucocorticoid exposure (metrics kind)", 1)[1].split("\n### ", 1)[0]
+    for word in (GCE, "glucocorticoid-exposure-outcome", "day 0 = the CAR-T infusion date", "never causation",
+                 *GLUCOCORTICOID_OUTCOMES, *GLUCOCORTICOID_THRESHOLDS, *GLUCOCORTICOID_EXTENSIONS,
+                 "cumulativeDexamethasoneEquivalent", "glucocorticoidThreshold", "dataCompleteness",
+                 "943004", "1604866", "Karschnia"):
+        assert word in section, word
+    for word in ("taper-glucocorticoids", *TAPER_CONDITIONS):
         assert word in readme, word

@@ -203,6 +203,9 @@ def _summary(rule_set, timeline):
         (f.rule.rule_id, f.rule.rule_version, f.current.grade, f.maximum.grade, f.onset, f.onset_day, f.atypical_onset,
          tuple(r.criterion for r in f.current.reasons), tuple(e.source for e in f.current.evidence),
          f.current.missing, f.current.notes, tuple(sorted(f.rule.outcome_codes.items())))
+        if f.kind == "grading" else
+        (f.rule.rule_id, f.rule.rule_version, f.outcome, tuple((m.name, m.value) for m in f.metrics.values()),
+         tuple(t.code for t in f.reached), tuple(e.source for e in f.evidence))
         for f in evaluation.findings
     ]
     plans = [(p.rule_id, p.guideline_id, tuple((a.kind, a.code, a.dose_mg, a.description) for a in p.actions))
@@ -396,6 +399,6 @@ def test_every_code_a_plan_emits_is_in_the_codesystem():
             continue
         conditions |= set(document.get("conditions", {}))
         actions |= {item["action"] for version in document["guidelines"].values()
-                    for items in version["grades"].values() for item in items if "action" in item}
+                    for items in [*version.get("grades", {}).values(), version.get("always", [])] for item in items if "action" in item}
     assert conditions - codes == set()
     assert actions - activities == set()

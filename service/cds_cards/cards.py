@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from service.cds_cards.markdown import Markdown, bullet_list, document, md, paragraph, strong
 from service.fhir_input.concepts import Terminology
-from service.fhir_output.build import OutputConfig, metrics_summary, stable_id
+from service.fhir_output.build import OutputConfig, stable_id
 from service.fhir_output.wording import fact_text, grade_text, measurement_text, reason_text
 from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
@@ -175,7 +175,7 @@ def _metrics_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> t
     """A metrics finding: the values, the thresholds reached (what the literature found), what was not counted."""
     finding: MetricsFinding = item.finding
     words = finding.rule.words
-    head: list[Markdown] = [paragraph(md("{}", strong(metrics_summary(finding))))]
+    head: list[Markdown] = [paragraph(md("{}", strong(finding.summary())))]
     head.append(bullet_list(md("{}: {}", m.label[:1].upper() + m.label[1:], m.shown) for m in finding.metrics.values()))
     shares = [f"{words[f'indication-{name}']} {mg:.5g} mg" for name, mg in finding.by_indication.items() if mg]
     if finding.before_day_zero_mg:
@@ -244,7 +244,7 @@ _KINDS: dict[str, _CardKind] = {
         shows=lambda f: f.current.grade != 0, summary=summary, indicator=lambda f: indicator(f.current.grade),
         state=lambda f: grade_text(f.current.grade), parts=_grading_parts, caveat=lambda f: f.rule.presentation.caveat),
     "metrics": _CardKind(
-        shows=lambda f: bool(f.evidence), summary=lambda f: _short(metrics_summary(f, recent=True)), indicator=_metrics_indicator,
+        shows=lambda f: bool(f.evidence), summary=lambda f: _short(f.summary(recent=True)), indicator=_metrics_indicator,
         state=lambda f: f.rule.words[f.outcome or "not-assessable"], parts=_metrics_parts, caveat=lambda f: f.rule.caveat),
 }
 

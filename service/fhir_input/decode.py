@@ -77,6 +77,46 @@ class Dosage(msgspec.Struct, gc=False):
     rateRatio: Ratio | None = None
 
 
+class Repeat(msgspec.Struct, gc=False):
+    frequency: int | None = None
+    period: float | None = None
+    periodUnit: str | None = None
+    count: int | None = None
+    boundsDuration: Quantity | None = None
+    boundsPeriod: Period | None = None
+
+
+class Timing(msgspec.Struct, gc=False):
+    repeat: Repeat | None = None
+
+
+class DoseAndRate(msgspec.Struct, gc=False):
+    doseQuantity: Quantity | None = None
+
+
+class DosageInstruction(msgspec.Struct, gc=False):
+    timing: Timing | None = None
+    doseAndRate: list[DoseAndRate] | None = None
+    route: CodeableConcept | None = None
+    text: str | None = None
+
+
+class DraftOrder(msgspec.Struct, gc=False):
+    """A MedicationRequest as an EHR drafts it at order-sign time (CDS Hooks context.draftOrders): every field
+    may still be missing while the order is being written."""
+
+    resourceType: str | None = None
+    id: str | None = None
+    status: str | None = None
+    intent: str | None = None
+    medicationCodeableConcept: CodeableConcept | None = None
+    medicationReference: Reference | None = None
+    dosageInstruction: list[DosageInstruction] | None = None
+    reasonCode: list[CodeableConcept] | None = None
+    reasonReference: list[Reference] | None = None
+    subject: Reference | None = None
+
+
 class Resource(msgspec.Struct, gc=False):
     """The union of the fields read from Patient, Observation, MedicationAdministration, Medication, Condition
     and Procedure."""

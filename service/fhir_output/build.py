@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
+from pydantic import ValidationError as PydanticValidationError
+
 from fhir.resources.R4B.careplan import CarePlan
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
@@ -152,7 +155,7 @@ def _metrics_risk_assessment(finding: MetricsFinding, timeline: Timeline, config
         extensions.append({"url": config.profile(rule.threshold_extension),
                            "valueCoding": {"system": cs, "code": threshold.code, "display": threshold.label}})
     outcome = finding.outcome or "not-assessable"
-    summary = metrics_summary(finding)
+    summary = finding.summary()
     rationale = "; ".join(f"{m.label}: {m.shown}" for m in finding.metrics.values())
     if finding.reached:
         rationale += ". Thresholds reached: " + "; ".join(f"{t.code} ({t.text})" for t in finding.reached)
@@ -183,16 +186,6 @@ def _metrics_risk_assessment(finding: MetricsFinding, timeline: Timeline, config
     if basis:
         resource["basis"] = basis
     return resource
-
-
-def metrics_summary(finding: MetricsFinding, recent: bool = False) -> str:
-    """The rule's summary sentence with its metric placeholders filled; `recent` adds the thresholds first
-    reached within the rule's recent window (a card's summary says why it warns)."""
-    words = finding.rule.words
-    text = words["summary"].format(**{name: m.shown for name, m in finding.metrics.items()})
-    if recent and finding.recent_crossing:
-        text += "; " + words["recent"].format(what=", ".join(finding.recent_crossing))
-    return text
 
 
 def _metrics_notes(finding: MetricsFinding) -> list[str]:
@@ -353,6 +346,18 @@ def operation_outcome_of_notes(notes: tuple[InputNote, ...], config: OutputConfi
 
 def note_text(note: InputNote) -> str:
     return f"{note.message} (x{note.count})" if note.count > 1 else note.message
+
+
+def valid_medication_request(resource: dict[str, Any], patient: str | None) -> dict[str, Any] | None:
+    """A corrected draft order as the EHR will update it: its subject filled from the request's patient when
+    the draft had none, checked with the R4B model; None when the draft as sent was not valid FHIR to begin with."""
+    if "subject" not in resource and patient is not None and is_reference(patient):
+        resource = {**resource, "subject": {"reference": patient}}
+    try:
+        MedicationRequest.model_validate(resource)
+    except PydanticValidationError:
+        return None
+    return resource
 
 
 _RISK_ASSESSMENT_BY_KIND = {"grading": _grading_risk_assessment, "metrics": _metrics_risk_assessment}

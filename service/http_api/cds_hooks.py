@@ -1,21 +1,27 @@
-"""CDS Hooks 2.0: discovery and the car-t-toxicity service (patient-view, prefetch)."""
+"""CDS Hooks 2.0: discovery, the car-t-toxicity service (patient-view) and the order-sign check of draft
+glucocorticoid and tocilizumab orders (car-t-glucocorticoid-order-check), both with the same prefetch."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
 from flask import Blueprint, Response, request
 
 from service.errors import InputError, Issue
-from service.fhir_input.decode import Partial, decode_bundle, decode_resource, split_validation_message
+from service.cds_cards.orders import order_cards
+from service.fhir_input.decode import DraftOrder, Partial, decode_bundle, decode_resource, split_validation_message
+from service.fhir_input.normalise.draft_order import read_order
+from service.rules_engine.load import check_orders
 from service.http_api.common import as_of_parameter, engine, infusion_parameter, json_response, require_json_body
-from service.pipeline import Engine, RequestOptions
+from service.pipeline import Engine, Outcome, RequestOptions
 from service.timeline.build import SourcedEntry, entries_from_bundle
 
 SERVICE_ID = "car-t-toxicity"
 HOOK = "patient-view"
+ORDER_SERVICE_ID = "car-t-glucocorticoid-order-check"
+ORDER_HOOK = "order-sign"
 REQUIRED_PREFETCH = ("patient", "observations", "medicationAdministrations", "conditions")
 SEARCHSET_PREFETCH = REQUIRED_PREFETCH[1:]
 
@@ -65,11 +71,22 @@ def discovery() -> Response:
             ),
             "prefetch": prefetch_templates(service),
             "usageRequirements": "All four prefetch keys are required; a null value means the EHR has no data.",
+        }, {
+            "hook": ORDER_HOOK,
+            "id": ORDER_SERVICE_ID,
+            "title": "CAR-T glucocorticoid and tocilizumab order check",
+            "description": (
+                "At signing: projects a glucocorticoid order onto the patient's exposure since the CAR-T infusion and warns "
+                "before a literature threshold is crossed, compares orders for CRS/ICANS with the guideline plan and suggests "
+                "the plan's regimen, and checks tocilizumab orders against the label dose and limits."
+            ),
+            "prefetch": prefetch_templates(service),
+            "usageRequirements": "All four prefetch keys are required; a null value means the EHR has no data.",
         }]
     })
 
 
-def _decode_request(body: bytes) -> HookRequest:
+def _decode_request(body: bytes, hook: str = HOOK, service_id: str = SERVICE_ID) -> HookRequest:
     try:
         hook_request = _HOOK_DECODER.decode(body)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: must come first
@@ -83,8 +100,8 @@ def _decode_request(body: bytes) -> HookRequest:
         raise InputError(Issue("input-not-json", "JSON nested too deeply", None, fhir_type="structure")) from None
     if hook_request.hook is None:
         raise InputError(Issue("input-bad-parameter", "hook is required", "hook", fhir_type="required"))
-    if hook_request.hook != HOOK:
-        raise InputError(Issue("hook-unsupported", f"Service {SERVICE_ID} answers {HOOK}, not {hook_request.hook!r}", "hook", fhir_type="not-supported"))
+    if hook_request.hook != hook:
+        raise InputError(Issue("hook-unsupported", f"Service {service_id} answers {hook}, not {hook_request.hook!r}", "hook", fhir_type="not-supported"))
     if not hook_request.hookInstance:
         raise InputError(Issue("input-bad-parameter", "hookInstance is required", "hookInstance", fhir_type="required"))
     patient_id = (hook_request.context or {}).get("patientId")
@@ -132,19 +149,65 @@ def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEn
     return entries, ignored
 
 
-@blueprint.post(f"/cds-services/{SERVICE_ID}")
-def call_service() -> Response:
-    hook_request = _decode_request(require_json_body())
+def _evaluate_hook(hook_request: HookRequest) -> Outcome:
+    """The prefetched data evaluated for the request's patient (both services)."""
     patient_id = hook_request.context["patientId"]  # type: ignore[index]
     entries, ignored = prefetched_entries(hook_request.prefetch or {})
-    service = engine()
     infusion, date_only = infusion_parameter()
     options = RequestOptions(as_of_parameter(), request.args.get("guideline"), infusion, date_only)
-    outcome = service.evaluate(entries, ignored, options)
+    outcome = engine().evaluate(entries, ignored, options)
     if outcome.timeline.patient not in (None, f"Patient/{patient_id}"):
         raise InputError(
             Issue("input-multiple-patients", f"Prefetched data are about {outcome.timeline.patient}, not Patient/{patient_id}",
                   "context.patientId", fhir_type="business-rule"),
             status=422,
         )
-    return json_response(outcome.cds_response())
+    return outcome
+
+
+@blueprint.post(f"/cds-services/{SERVICE_ID}")
+def call_service() -> Response:
+    return json_response(_evaluate_hook(_decode_request(require_json_body())).cds_response())
+
+
+@blueprint.post(f"/cds-services/{ORDER_SERVICE_ID}")
+def call_order_check() -> Response:
+    """order-sign: cards for the draft glucocorticoid and tocilizumab orders only (none for other drugs)."""
+    hook_request = _decode_request(require_json_body(), ORDER_HOOK, ORDER_SERVICE_ID)
+    drafts = draft_orders((hook_request.context or {}).get("draftOrders"))
+    outcome = _evaluate_hook(hook_request)
+    service = engine()
+    orders = [read_order(draft, raw, location, service.rules.input_terminology, outcome.timeline.display_offset)
+              for draft, raw, location in drafts.readable]
+    results = check_orders(service.rules, orders, outcome.timeline, outcome.evaluation)
+    cards = order_cards(results, drafts.unreadable, service.rules.order_check, service.output, outcome.timeline.patient)
+    return json_response({"cards": cards})
+
+
+@dataclass(frozen=True)
+class DraftOrders:
+    readable: list[tuple[DraftOrder, dict[str, Any], str]]  # (decoded, as sent, location)
+    unreadable: list[str]  # "context.draftOrders.entry[2].resource.dosageInstruction[0]: Expected `array`, got `str`"
+
+
+def draft_orders(value: Any) -> DraftOrders:
+    """context.draftOrders: a Bundle of MedicationRequests (a missing Bundle type is tolerated). Only a request
+    without any usable draftOrders is refused; an order with fields of the wrong type is listed, not checked."""
+    where = "context.draftOrders"
+    if not isinstance(value, dict) or value.get("resourceType") not in (None, "Bundle"):
+        raise InputError(Issue("input-bad-parameter", "context.draftOrders must be a Bundle of MedicationRequests", where, fhir_type="required"))
+    entries = value.get("entry") or []
+    if not isinstance(entries, list):
+        raise InputError(Issue("input-wrong-type", "context.draftOrders.entry must be an array", f"{where}.entry"), status=422)
+    readable, unreadable = [], []
+    for index, entry in enumerate(entries):
+        location = f"{where}.entry[{index}].resource"
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "MedicationRequest":
+            continue  # other orders (lab, imaging ...) are not this service's
+        try:
+            readable.append((msgspec.convert(resource, DraftOrder), resource, location))
+        except msgspec.ValidationError as exc:
+            what, path = split_validation_message(exc)
+            unreadable.append(f"{location}{path}: {what.rstrip(' -')}")
+    return DraftOrders(readable, unreadable)

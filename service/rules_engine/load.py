@@ -20,6 +20,7 @@ from service.rules_engine.grading import GradingRule
 from service.rules_engine.management import ManagementRule, Plan
 from service.rules_engine.metrics import MetricsRule
 from service.rules_engine.model import Finding, MetricsFinding
+from service.rules_engine.orders import OrderCheckRule, OrderResult
 from service.timeline.facts import Timeline
 
 CONCEPTS_FILE = "concepts.yaml"
@@ -114,6 +115,10 @@ def _run_care_plan(rule: CarePlanRule, state: _State) -> None:
     state.care_plan = rule.merge(state.plans)
 
 
+def _run_nothing(rule: Any, state: _State) -> None:
+    """An order check runs on draft orders (RuleSet.check_orders), not in an evaluation."""
+
+
 @dataclass(frozen=True)
 class RuleKind:
     """One kind of rule file: how it compiles, which rules it reads, and how it runs."""
@@ -140,6 +145,11 @@ RULE_KINDS: dict[str, RuleKind] = {
         compile=lambda document, params, compiler: ManagementRule(document, compiler),
         reads=lambda rule, document: (rule.applies_to, *document.get("reads", ())),
         run=_run_management,
+    ),
+    "order_check": RuleKind(
+        compile=lambda document, params, compiler: OrderCheckRule(document, params, compiler),
+        reads=lambda rule, document: tuple(document.get("reads", ())),
+        run=_run_nothing,
     ),
     "care_plan": RuleKind(
         compile=lambda document, params, compiler: CarePlanRule(document, compiler),
@@ -197,6 +207,8 @@ class RuleSet:
         self.ordered = _dependency_order(rules)
         self.grading: list[GradingRule] = [r.rule for r in rules if r.kind == "grading"]
         self.finding_rules = [r.rule_id for r in rules if r.kind in ("grading", "metrics")]  # rule-file order
+        self.by_id = {r.rule_id: r.rule for r in rules}
+        self.order_check: OrderCheckRule | None = next((r.rule for r in rules if r.kind == "order_check"), None)
         self.management: dict[str, ManagementRule] = {r.rule_id: r.rule for r in rules if r.kind == "management"}
         self.files = files
         self.canonical_base = canonical_base
@@ -218,6 +230,15 @@ class RuleSet:
             RULE_KINDS[compiled.kind].run(compiled.rule, state)
         findings = tuple(state.findings[rule_id] for rule_id in self.finding_rules)
         return Evaluation(findings, tuple(state.plans), state.care_plan)
+
+
+def check_orders(rule_set: "RuleSet", orders: list[Any], timeline: Timeline, evaluation: Evaluation) -> list[OrderResult]:
+    """The order-sign check of draft orders against an evaluation of the same timeline (none without the rule)."""
+    if rule_set.order_check is None:
+        return []
+    findings = {finding.rule.rule_id: finding for finding in evaluation.findings}
+    return rule_set.order_check.check(orders, timeline, findings, evaluation.care_plan, rule_set.by_id,
+                                      rule_set.terminology, rule_set.version)
 
 
 def _parameters(document: Mapping[str, Any], overrides: Mapping[str, Any], path: Path) -> dict[str, Any]:

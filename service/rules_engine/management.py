@@ -232,6 +232,17 @@ class ManagementRule:
                     for action in _resolve(actions, [item for item, _ in shown], self.drugs)]
         return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(resolved), tuple(notes))
 
+    def dose_now(self, key: str, timeline: Timeline) -> tuple[float | None, str]:
+        """The rule's dose of drug `key` for this patient now (weight-based and capped), in mg and in words."""
+        dose, text, _ = _dose(self.drugs[key], self._weight(timeline))
+        return dose, text
+
+    def blocked_now(self, key: str, timeline: Timeline) -> str | None:
+        """Why a dose of drug `key` at the timeline's time would break its label limits; None when it would not."""
+        drug = self.drugs[key]
+        blocked, reason, _ = _limits(drug, self.given(drug, timeline), timeline)
+        return reason if blocked else None
+
     def _weight(self, timeline: Timeline) -> Measurement | None:
         weights = timeline.measurements.get(self.weight_concept, ())
         if not weights:

@@ -233,3 +233,12 @@ class MetricsFinding:
     @property
     def reached(self) -> tuple[ThresholdState, ...]:
         return tuple(t for t in self.thresholds if t.reached)
+
+    def summary(self, recent: bool = False) -> str:
+        """The rule's summary sentence with its metrics filled; `recent` adds the thresholds first reached within
+        the rule's recent window (why a card warns)."""
+        words = self.rule.words
+        text = words["summary"].format(**{name: metric.shown for name, metric in self.metrics.items()})
+        if recent and self.recent_crossing:
+            text += "; " + words["recent"].format(what=", ".join(self.recent_crossing))
+        return text

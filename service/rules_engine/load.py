@@ -209,6 +209,8 @@ class RuleSet:
         self.finding_rules = [r.rule_id for r in rules if r.kind in ("grading", "metrics")]  # rule-file order
         self.by_id = {r.rule_id: r.rule for r in rules}
         self.order_check: OrderCheckRule | None = next((r.rule for r in rules if r.kind == "order_check"), None)
+        if self.order_check is not None:
+            _check_order_rule(self.order_check, self.by_id)
         self.management: dict[str, ManagementRule] = {r.rule_id: r.rule for r in rules if r.kind == "management"}
         self.files = files
         self.canonical_base = canonical_base
@@ -230,6 +232,17 @@ class RuleSet:
             RULE_KINDS[compiled.kind].run(compiled.rule, state)
         findings = tuple(state.findings[rule_id] for rule_id in self.finding_rules)
         return Evaluation(findings, tuple(state.plans), state.care_plan)
+
+
+def _check_order_rule(rule: OrderCheckRule, by_id: Mapping[str, Any]) -> None:
+    """The rules an order check names exist and are of the right kind (the drug in the management rule)."""
+    if not isinstance(by_id.get(rule.projection), MetricsRule):
+        raise RulesError(rule.rule_id, f"projection {rule.projection!r} is not a metrics rule")
+    management = by_id.get(rule.tocilizumab_rule)
+    if not isinstance(management, ManagementRule) or rule.tocilizumab_drug not in management.drugs:
+        raise RulesError(rule.rule_id, f"tocilizumab names {rule.tocilizumab_rule}/{rule.tocilizumab_drug}, not a management rule's drug")
+    if not all(isinstance(by_id.get(name), GradingRule) for name in rule.toxicity_findings):
+        raise RulesError(rule.rule_id, f"for_toxicity_findings {list(rule.toxicity_findings)} must be grading rules")
 
 
 def check_orders(rule_set: "RuleSet", orders: list[Any], timeline: Timeline, evaluation: Evaluation) -> list[OrderResult]:

@@ -100,7 +100,7 @@ def test_discovery(client, find_empty):
     document = orjson.loads(response.get_data())
     assert find_empty(document) == []
     service = next(s for s in document["services"] if s["id"] == "car-t-toxicity")
-    assert len(document["services"]) == 1
+    assert [s["id"] for s in document["services"]] == ["car-t-toxicity", "car-t-glucocorticoid-order-check"]
     assert service["hook"] == "patient-view"
     assert service["title"] and service["description"]
     prefetch = service["prefetch"]

@@ -48,13 +48,17 @@ def _rules_error(directory: Path, **kwargs) -> RulesError:
 
 def test_shipped_rule_set_loads(rule_set):
     assert [rule.info.rule_id for rule in rule_set.grading] == ["crs-astct", "icans-astct"]
+    assert rule_set.finding_rules == ["crs-astct", "glucocorticoid-exposure", "icans-astct"]  # rule-file order
     assert rule_set.management["crs-management"].applies_to == "crs-astct"
     assert rule_set.management["icans-management"].applies_to == "icans-astct"
     assert rule_set.management["icans-management"].reads == ("crs-astct",)
     order = [c.rule_id for c in rule_set.ordered]
     assert order.index("crs-astct") < order.index("icans-management")  # ICANS management reads the CRS grade
-    assert order[-1] == "care-plan"  # the merge runs after every management rule
-    assert {"crs_astct.yaml", "icans_astct.yaml", "icans_management.yaml", "care_plan.yaml"} <= set(rule_set.files)
+    assert order.index("care-plan") > max(order.index(name) for name in rule_set.management)  # the merge runs after every plan
+    assert order.index("glucocorticoid-exposure") < order.index("glucocorticoid-management")
+    assert rule_set.order_check is not None and rule_set.order_check.projection == "glucocorticoid-exposure"
+    assert {"crs_astct.yaml", "icans_astct.yaml", "icans_management.yaml", "care_plan.yaml", "glucocorticoid_exposure.yaml",
+            "glucocorticoid_management.yaml", "order_check.yaml"} <= set(rule_set.files)
     assert "concepts.yaml" in rule_set.files
     assert not any(".cases." in name for name in rule_set.files)
 

@@ -119,6 +119,10 @@ def _run_nothing(rule: Any, state: _State) -> None:
     """An order check runs on draft orders (RuleSet.check_orders), not in an evaluation."""
 
 
+def _declared_reads(rule: Any, document: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(document.get("reads", ()))
+
+
 @dataclass(frozen=True)
 class RuleKind:
     """One kind of rule file: how it compiles, which rules it reads, and how it runs."""
@@ -133,12 +137,12 @@ class RuleKind:
 RULE_KINDS: dict[str, RuleKind] = {
     "grading": RuleKind(
         compile=lambda document, params, compiler: GradingRule(document, params, compiler),
-        reads=lambda rule, document: tuple(document.get("reads", ())),
+        reads=_declared_reads,
         run=_run_grading,
     ),
     "metrics": RuleKind(
         compile=lambda document, params, compiler: MetricsRule(document, params, compiler),
-        reads=lambda rule, document: tuple(document.get("reads", ())),
+        reads=_declared_reads,
         run=_run_metrics,
     ),
     "management": RuleKind(
@@ -148,12 +152,12 @@ RULE_KINDS: dict[str, RuleKind] = {
     ),
     "order_check": RuleKind(
         compile=lambda document, params, compiler: OrderCheckRule(document, params, compiler),
-        reads=lambda rule, document: tuple(document.get("reads", ())),
+        reads=_declared_reads,
         run=_run_nothing,
     ),
     "care_plan": RuleKind(
         compile=lambda document, params, compiler: CarePlanRule(document, compiler),
-        reads=lambda rule, document: tuple(document.get("reads", ())),
+        reads=_declared_reads,
         run=_run_care_plan,
         after_kinds=("management",),
     ),

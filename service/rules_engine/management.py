@@ -244,11 +244,7 @@ class ManagementRule:
         return reason if blocked else None
 
     def _weight(self, timeline: Timeline) -> Measurement | None:
-        weights = timeline.measurements.get(self.weight_concept, ())
-        if not weights:
-            return None
-        latest = weights[-1]
-        return latest if timeline.as_of - latest.time <= self.weight_max_age else None
+        return timeline.latest_measurement(self.weight_concept, self.weight_max_age)
 
     def _action(self, item: Mapping[str, Any], request: _Request, weight: Measurement | None, age: int | None,
                 shown_because: ConditionState | None) -> PlannedAction:

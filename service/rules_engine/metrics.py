@@ -288,11 +288,7 @@ class MetricsRule:
         return self.default_indication
 
     def _weight(self, timeline: Timeline) -> Measurement | None:
-        weights = timeline.measurements.get(self.weight_concept, ())
-        if not weights:
-            return None
-        latest = weights[-1]
-        return latest if timeline.as_of - latest.time <= self.weight_max_age else None
+        return timeline.latest_measurement(self.weight_concept, self.weight_max_age)
 
     def _metrics(self, request: _Request, doses: tuple[Dose, ...]) -> dict[str, Metric]:
         metrics = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Iterable, Mapping
 
 
@@ -198,6 +198,14 @@ class Timeline:
     def offset_label(self) -> str:
         offset = self.as_of.astimezone(self.display_offset).strftime("%z")
         return "UTC" if offset in ("", "+0000") else f"UTC{offset[:3]}:{offset[3:]}"
+
+    def latest_measurement(self, concept: str, max_age: timedelta) -> Measurement | None:
+        """The latest measurement of a concept if it is not older than `max_age` (e.g. the weight for dosing)."""
+        series = self.measurements.get(concept, ())
+        if not series:
+            return None
+        latest = series[-1]
+        return latest if self.as_of - latest.time <= max_age else None
 
     def age_years(self) -> int | None:
         if self.birth_date is None:

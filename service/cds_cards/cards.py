@@ -178,6 +178,8 @@ def _metrics_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> t
     head: list[Markdown] = [paragraph(md("{}", strong(finding.summary())))]
     head.append(bullet_list(md("{}: {}", m.label[:1].upper() + m.label[1:], m.shown) for m in finding.metrics.values()))
     shares = [f"{words[f'indication-{name}']} {mg:.5g} mg" for name, mg in finding.by_indication.items() if mg]
+    if len(shares) > 1:
+        shares.append(words["total"].format(what=f"{sum(finding.by_indication.values()):.5g} mg"))
     if finding.before_day_zero_mg:
         shares.append(words["before_day_zero"].format(what=f"{finding.before_day_zero_mg:.5g} mg"))
     if shares:

@@ -191,6 +191,8 @@ def _metrics_risk_assessment(finding: MetricsFinding, timeline: Timeline, config
 def _metrics_notes(finding: MetricsFinding) -> list[str]:
     words = finding.rule.words
     notes = [f"{words[f'indication-{name}']}: {mg:.5g} mg" for name, mg in finding.by_indication.items() if mg]
+    if len(notes) > 1:
+        notes.append(words["total"].format(what=f"{sum(finding.by_indication.values()):.5g} mg"))
     if finding.before_day_zero_mg:
         notes.append(words["before_day_zero"].format(what=f"{finding.before_day_zero_mg:.5g} mg"))
     notes += list(finding.listed) + list(finding.notes)

@@ -52,6 +52,7 @@ class OrderCheckRule:
         self.title = document["title"]
         self.horizon = timedelta(hours=compiler.number(params["default_horizon_hours"]))
         self.tolerance = compiler.number(params["dose_tolerance_mg"])
+        self.max_doses = int(compiler.number(params["max_projected_doses"]))
         glucocorticoids = document["glucocorticoids"]
         self.glucocorticoids = compiler.medications([glucocorticoids["medications"]])
         self.projection = glucocorticoids["projection"]
@@ -103,6 +104,8 @@ class OrderCheckRule:
             lines.append(self.words["projection_basis"].format(
                 doses=len(projected), dose=f"{order.dose_mg:g} mg", until=timeline.local(projected[-1].time)))
             lines.append(self.words["after_signing"].format(summary=after.summary()))
+            if len(projected) == self.max_doses and (order.doses or 0) > self.max_doses:
+                lines.append(self.words["projection_cut"].format(doses=self.max_doses))
             if reached:
                 indicator = "warning"
                 summaries.append(self.words["projected"].format(order=order.display, thresholds=", ".join(t.label for t in reached)))
@@ -140,10 +143,17 @@ class OrderCheckRule:
             count = order.doses
         else:
             count = max(1, int(self.horizon.total_seconds() // (order.every_hours * 3600)))
-        step = timedelta(hours=order.every_hours or 0)
+        count = min(count, self.max_doses)
         source = f"MedicationRequest/{order.id} (draft)" if order.id else f"{order.location} (draft)"
-        return [Administration(order.concepts[0], start + step * k, start + step * k, order.dose_mg, "completed", order.display,
-                               source, timeline.display_offset, route=order.route, reasons=order.reasons) for k in range(count)]
+        times = []
+        try:
+            step = timedelta(hours=order.every_hours or 0)
+            for k in range(count):
+                times.append(start + step * k)
+        except OverflowError:  # an absurd interval: the doses that fit in the calendar are projected
+            times = times or [start]
+        return [Administration(order.concepts[0], moment, moment, order.dose_mg, "completed", order.display,
+                               source, timeline.display_offset, route=order.route, reasons=order.reasons) for moment in times]
 
     def _for_toxicity(self, order: Order, findings: Mapping[str, Any]) -> bool:
         if order.reasons:

@@ -276,3 +276,44 @@ def test_cards_are_deterministic_and_have_no_empty_fields(sign, find_empty):
     assert first.get_data() == again.get_data()
     assert find_empty(orjson.loads(first.get_data())) == []
     assert [card["indicator"] for card in _cards(first)] == ["critical", "warning"]
+
+
+# --- never a 500: every field of a draft order replaced by values of the wrong kind -----------------------------
+
+_ODD_VALUES = (None, "", "x", 0, -1, 1e308, True, [], {}, [1], {"a": 1}, "2026-13-45", 10**12)
+_PATHS = (
+    ("id",), ("status",), ("intent",), ("medicationCodeableConcept",), ("medicationCodeableConcept", "text"),
+    ("dosageInstruction",), ("dosageInstruction", 0, "doseAndRate"), ("dosageInstruction", 0, "doseAndRate", 0, "doseQuantity", "value"),
+    ("dosageInstruction", 0, "doseAndRate", 0, "doseQuantity", "unit"), ("dosageInstruction", 0, "timing", "repeat", "frequency"),
+    ("dosageInstruction", 0, "timing", "repeat", "period"), ("dosageInstruction", 0, "timing", "repeat", "periodUnit"),
+    ("dosageInstruction", 0, "timing", "repeat", "count"), ("dosageInstruction", 0, "timing", "repeat", "boundsPeriod", "start"),
+    ("dosageInstruction", 0, "timing", "repeat", "boundsDuration", "value"), ("reasonCode",), ("subject",),
+)
+
+
+def _set(resource: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(resource)
+    target = changed
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return changed
+
+
+@pytest.mark.parametrize("path", _PATHS, ids=[".".join(map(str, p)) for p in _PATHS])
+def test_odd_draft_orders_never_give_500(sign, path):
+    repeat = {"frequency": 1, "period": 6, "periodUnit": "h", "count": 4, "boundsPeriod": {"start": "2026-03-05T14:00:00+01:00"},
+              "boundsDuration": {"value": 2, "unit": "d", "system": UCUM, "code": "d"}}
+    base = _order(repeat=repeat, reason="CRS")
+    tocilizumab = _order("t", medication="tocilizumab", dose=560, repeat=repeat)
+    for value in _ODD_VALUES:
+        response = sign(_request(_prefetch(ice=2), _set(base, path, value), _set(tocilizumab, path, value)))
+        assert response.status_code < 500, (path, value, response.get_data(as_text=True)[:300])
+        if response.status_code == 200:
+            _cards(response)
+
+
+def test_an_order_of_months_is_projected_only_so_far(sign):
+    draft = _order(dose=1, repeat={"frequency": 1, "period": 1, "periodUnit": "min", "count": 10**6})
+    (card,) = _cards(sign(_request(_prefetch(), draft)))
+    assert "The projection stops after 200 doses." in _text(card)

@@ -193,8 +193,8 @@ def _metrics_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> t
         tail += [paragraph(strong("What the literature found")), bullet_list(lines)]
     if finding.listed:
         tail.append(bullet_list(md("Not counted: {}", text) for text in finding.listed[:EVIDENCE_LINES]))
-    if finding.notes or finding.missing:
-        tail.append(bullet_list(md("Noted: {}", note) for note in finding.notes + finding.missing))
+    if finding.notes:  # what is missing stands on its metric's line
+        tail.append(bullet_list(md("Noted: {}", note) for note in finding.notes))
     return head, tail
 
 

@@ -211,10 +211,6 @@ class ManagementRule:
             return None
         weight = self._weight(timeline)
         age = timeline.age_years()
-        if weight is None:
-            notes.append(f"No usable body weight (none recorded in the {self.weight_max_age.days} days before the evaluation): doses are given per kg.")
-        if age is None:
-            notes.append("Age unknown (no Patient.birthDate): adult dosing shown; confirm the patient is an adult.")
         request = _Request(finding, timeline, history, findings or {})
         # `only_if` items (e.g. seizure management) are part of the plan only when the data show their condition
         shown = []
@@ -228,6 +224,12 @@ class ManagementRule:
         actions = [self._action(item, request, weight, age, state) for item, state in shown]
         if not actions and not notes_shown:
             return None  # every item waited on a condition the data do not show
+        # what dosing lacked, said only where a drug of the plan needs it
+        drugs = [self.drugs[item["drug"]] for item, _ in shown if "drug" in item]
+        if weight is None and any(drug.mg_per_kg is not None for drug in drugs):
+            notes.append(f"No usable body weight (none recorded in the {self.weight_max_age.days} days before the evaluation): doses are given per kg.")
+        if age is None and any(drug.fixed_adult_dose for drug in drugs):
+            notes.append("Age unknown (no Patient.birthDate): adult dosing shown; confirm the patient is an adult.")
         resolved = [replace(action, driver=finding.label, driver_code=finding.rule.assessment_code)
                     for action in _resolve(actions, [item for item, _ in shown], self.drugs)]
         return Plan(self.rule_id, self.version, chosen, spec["citation"], finding, tuple(resolved), tuple(notes))

@@ -78,7 +78,9 @@ def _cumulative(spec: Mapping[str, Any], c: Compiler, rule: "MetricsRule") -> Me
 def _first_dose_day(spec: Mapping[str, Any], c: Compiler, rule: "MetricsRule") -> MetricEvaluator:
     def evaluate(request: _Request, doses: tuple[Dose, ...]) -> tuple[float | None, str | None]:
         days = [d.day for d in doses if d.day is not None]
-        return (float(min(days)), None) if days else (None, None)
+        if days:
+            return float(min(days)), None
+        return None, (rule.words["no_day_zero"] if doses else None)
 
     return evaluate
 

@@ -4,7 +4,7 @@ callable `(Context, Window) -> Result`. Rules hold every clinical number; these 
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping

@@ -12,7 +12,7 @@ threshold was first reached is found by replaying the doses in time order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, Callable, Mapping
 
 from service.errors import RulesError
@@ -20,7 +20,7 @@ from service.fhir_input.concepts import Terminology
 from service.rules_engine.conditions import Compiler
 from service.rules_engine.model import Metric, MetricsFinding, MetricsInfo, ThresholdState, Window
 from service.rules_engine.presentation import bind_template
-from service.timeline.facts import Administration, Measurement, Timeline
+from service.timeline.facts import UNRECOGNISED_REASON, Administration, Measurement, Timeline
 
 _COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     "above": lambda value, limit: value > limit,
@@ -39,7 +39,7 @@ class Dose:
     reference_mg: float  # in the equivalence's reference drug (e.g. dexamethasone-equivalent mg)
     day: int | None  # day after infusion (day 0 = the infusion's date in its offset); None without day 0
     indication: str  # the rule's indication class
-    date: date  # its calendar date: in the infusion's offset, or the offset it was recorded in without day 0
+    local_date: date  # its calendar date: in the infusion's offset, or the offset it was recorded in without day 0
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,6 @@ class _Request:
     timeline: Timeline
     doses: tuple[Dose, ...]  # counted, after day 0, in time order
     weight: Measurement | None
-    reference_factor: Callable[[str], float]  # reference mg per mg of a medication
-    as_of: datetime
 
 
 MetricEvaluator = Callable[[_Request, tuple[Dose, ...]], tuple[float | None, str | None]]
@@ -88,7 +86,7 @@ def _first_dose_day(spec: Mapping[str, Any], c: Compiler, rule: "MetricsRule") -
 def _exposure_days(spec: Mapping[str, Any], c: Compiler, rule: "MetricsRule") -> MetricEvaluator:
     """Distinct calendar days (in the infusion's offset) with at least one counted dose."""
     def evaluate(request: _Request, doses: tuple[Dose, ...]) -> tuple[float | None, str | None]:
-        return float(len({d.date for d in doses})), None
+        return float(len({d.local_date for d in doses})), None
 
     return evaluate
 
@@ -97,8 +95,9 @@ def _hours_since_last_dose(spec: Mapping[str, Any], c: Compiler, rule: "MetricsR
     def evaluate(request: _Request, doses: tuple[Dose, ...]) -> tuple[float | None, str | None]:
         if not doses:
             return None, None
-        last = max(min(d.fact.end_or(request.as_of), request.as_of) for d in doses)  # a running infusion: now
-        return (request.as_of - last).total_seconds() / 3600, None
+        now = request.timeline.as_of
+        last = max(min(d.fact.end_or(now), now) for d in doses)  # a running infusion: now
+        return (now - last).total_seconds() / 3600, None
 
     return evaluate
 
@@ -208,7 +207,7 @@ class MetricsRule:
     def assess(self, timeline: Timeline, terminology: Terminology, rule_set_version: str) -> MetricsFinding:
         counted, before, notes, listed = self._doses(timeline, terminology)
         weight = self._weight(timeline)
-        request = _Request(timeline, tuple(counted), weight, self.factors.__getitem__, timeline.as_of)
+        request = _Request(timeline, tuple(counted), weight)
         metrics = self._metrics(request, request.doses)
         age = timeline.age_years()
         missing = [m.missing for m in metrics.values() if m.missing]
@@ -257,7 +256,7 @@ class MetricsRule:
                 before.append(dose)
             else:
                 counted.append(dose)
-            if self.unrecognised_indication == dose.indication and "unrecognised" in fact.reasons:
+            if self.unrecognised_indication == dose.indication and UNRECOGNISED_REASON in fact.reasons:
                 notes.append(self.words["reason_unrecognised"].format(what=what))
         return counted, before, notes, listed
 

@@ -35,6 +35,9 @@ class CodedValue:
     source: str
 
 
+UNRECOGNISED_REASON = "unrecognised"  # Administration.reasons: a reason no indication concept names
+
+
 @dataclass(frozen=True, slots=True)
 class Administration:
     """A medication given. `end` None = still running (in-progress with an open period)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.fhir_input.concepts import Terminology
 from service.fhir_input.decode import DraftOrder, Quantity
-from service.fhir_input.normalise.medication_administration import _concepts_of_codeable, _reasons, _route
+from service.fhir_input.normalise.medication_administration import medication_concepts, reasons_of, route_of
 from service.fhir_input.times import DateOnly, TimeError, parse_fhir_datetime
 from service.fhir_input.units import unit_code
 
@@ -42,7 +42,7 @@ def read_order(draft: DraftOrder, raw: dict[str, Any], location: str, terms: Ter
     """An Order from one decoded draft (its wrong-typed fields were already refused by the decoder)."""
     missing = [name for name in ("status", "intent") if not getattr(draft, name)]
     codeable = draft.medicationCodeableConcept
-    concepts = _concepts_of_codeable(codeable, terms) if codeable is not None else ()
+    concepts = medication_concepts(codeable, terms) if codeable is not None else ()
     if not concepts and draft.medicationReference is not None:
         concepts = terms.medication_text.match_all(draft.medicationReference.display)
     display = (codeable.text if codeable is not None and codeable.text else None) or ", ".join(terms.display(c) for c in concepts) or "an order"
@@ -56,13 +56,13 @@ def read_order(draft: DraftOrder, raw: dict[str, Any], location: str, terms: Ter
     if dosage is not None:
         dose_quantity = next((d.doseQuantity for d in dosage.doseAndRate or () if d.doseQuantity is not None), None)
         dose_mg = _mg(dose_quantity, terms)
-        route = _route(dosage.route, terms) if dosage.route is not None else None
+        route = route_of(dosage.route, terms) if dosage.route is not None else None
         repeat = dosage.timing.repeat if dosage.timing is not None else None
         if repeat is not None:
             every_hours = _every_hours(repeat.frequency, repeat.period, repeat.periodUnit, terms)
             start, doses = _bounds(repeat, every_hours, terms, display_offset)
     return Order(draft.id, location, raw, concepts, display, dose_mg, every_hours, doses, start, route,
-                 _reasons(draft, terms), skipped)
+                 reasons_of(draft, terms), skipped)
 
 
 def _mg(quantity: Quantity | None, terms: Terminology) -> float | None:
@@ -106,4 +106,4 @@ def _instant(text: str | None, display_offset: tzinfo) -> datetime | None:
         return None
     if isinstance(parsed, DateOnly):
         return datetime(parsed.day.year, parsed.day.month, parsed.day.day, tzinfo=display_offset)
-    return parsed if parsed.tzinfo is not None else None
+    return parsed  # a time is always with its UTC offset (parse_fhir_datetime refuses others)

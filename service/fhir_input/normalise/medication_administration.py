@@ -14,7 +14,7 @@ reasonReference display) become indication concepts; a reason no concept names i
 from __future__ import annotations
 
 from service.fhir_input.concepts import Terminology
-from service.fhir_input.decode import CodeableConcept, Dosage, Quantity, Resource
+from service.fhir_input.decode import CodeableConcept, Dosage, DraftOrder, Quantity, Resource
 from service.fhir_input.normalise.context import (
     Context,
     SourcedEntry,
@@ -25,7 +25,7 @@ from service.fhir_input.normalise.context import (
 )
 from service.fhir_input.statuses import Use, administration_use
 from service.fhir_input.units import unit_code
-from service.timeline.facts import Administration
+from service.timeline.facts import UNRECOGNISED_REASON, Administration
 
 
 def index_medication(entry: SourcedEntry, reference: str, ctx: Context) -> None:
@@ -40,7 +40,7 @@ def normalise(entry: SourcedEntry, source: str, ctx: Context) -> None:
     contained = {f"#{r.id}": r for r in resource.contained or () if r.resourceType == "Medication" and r.id}
     codeable, reference = _medication_of(resource, contained, ctx)
     terms = ctx.terms
-    concepts = _concepts_of_codeable(codeable, terms) if codeable is not None else ()
+    concepts = medication_concepts(codeable, terms) if codeable is not None else ()
     if not concepts and resource.medicationReference is not None:
         concepts = terms.medication_text.match_all(resource.medicationReference.display)
     if not concepts:
@@ -75,8 +75,8 @@ def normalise(entry: SourcedEntry, source: str, ctx: Context) -> None:
         if dosage.rateQuantity is not None and dosage.rateQuantity.value is not None:
             mass_rate = _mass_rate(ctx, dosage.rateQuantity, named, f"{location}.dosage.rateQuantity.value")
         if dosage.route is not None:
-            route = _route(dosage.route, terms)
-    reasons = _reasons(resource, terms)
+            route = route_of(dosage.route, terms)
+    reasons = reasons_of(resource, terms)
     if len(concepts) > 1:
         dose = None  # which drug the dose belongs to is unknown (a volume or rate is the fluid's)
         ctx.note("flagged-status", "warning", f"medication text names {named}: each counted, dose not attributed", location)
@@ -100,7 +100,7 @@ def _medication_of(resource: Resource, contained: dict[str, Resource], ctx: Cont
     return (medication.code if medication is not None else None), reference
 
 
-def _concepts_of_codeable(codeable: CodeableConcept, terms: Terminology) -> tuple[str, ...]:
+def medication_concepts(codeable: CodeableConcept, terms: Terminology) -> tuple[str, ...]:
     """A code decides; without one, every drug the text (or a coding's display) names."""
     for coding in codeable.coding or ():
         concept = terms.medication_by_code.get((coding.system, coding.code))
@@ -181,22 +181,19 @@ def _mass_rate(ctx: Context, quantity: Quantity, named: str, where: str) -> floa
     return rate
 
 
-def _reasons(resource: Resource, terms: Terminology) -> tuple[str, ...]:
+def reasons_of(resource: Resource | DraftOrder, terms: Terminology) -> tuple[str, ...]:
     """Indication concepts of reasonCode (a code decides, else its text) and of reasonReference's display."""
     found: list[str] = []
     for reason in resource.reasonCode or ():
         concept = concept_of(reason, terms.indication_by_code) or terms.indication_text.match(reason.text) or next(
             (match for coding in reason.coding or () if (match := terms.indication_text.match(coding.display))), None)
-        found.append(concept or UNRECOGNISED)
+        found.append(concept or UNRECOGNISED_REASON)
     for reference in resource.reasonReference or ():
-        found.append(terms.indication_text.match(reference.display) or UNRECOGNISED)
+        found.append(terms.indication_text.match(reference.display) or UNRECOGNISED_REASON)
     return tuple(dict.fromkeys(found))
 
 
-UNRECOGNISED = "unrecognised"
-
-
-def _route(route: CodeableConcept, terms: Terminology) -> str | None:
+def route_of(route: CodeableConcept, terms: Terminology) -> str | None:
     """A route code decides; else the route's text or a coding's display names it (IV, oral ...)."""
     concept = concept_of(route, terms.route_by_code)
     if concept:

@@ -28,7 +28,7 @@ class Order:
     location: str  # "context.draftOrders.entry[0].resource"
     resource: dict[str, Any]  # the order as sent (an `update` suggestion corrects a copy of it)
     concepts: tuple[str, ...]  # medication concepts
-    display: str
+    display: str  # the medication concept(s) in words ("an order" before one is chosen)
     dose_mg: float | None
     every_hours: float | None  # period / frequency; None = a single dose
     doses: int | None  # how many doses its bounds allow; None = unbounded (the default horizon applies)
@@ -45,7 +45,8 @@ def read_order(draft: DraftOrder, raw: dict[str, Any], location: str, terms: Ter
     concepts = medication_concepts(codeable, terms) if codeable is not None else ()
     if not concepts and draft.medicationReference is not None:
         concepts = terms.medication_text.match_all(draft.medicationReference.display)
-    display = (codeable.text if codeable is not None and codeable.text else None) or ", ".join(terms.display(c) for c in concepts) or "an order"
+    # named by its medication concept, never by the draft's free text (cards show this name unescaped in summaries)
+    display = ", ".join(terms.display(c) for c in concepts) or "an order"
     if codeable is None and draft.medicationReference is None:
         missing.append("medication")
     skipped = f"no {', '.join(missing)} yet" if missing else None

@@ -1,6 +1,7 @@
 """Findings -> CDS Hooks 2.0 cards: one mapping from rule metadata to card fields.
 
-One card per finding of grade >= 1 or not-assessable; grade 0 gives no card. No field is ever null or empty.
+One card per finding of grade >= 1 or not-assessable; grade 0 gives no card (a rule may ask for a card only
+from a higher grade, or none while not-assessable). No field is ever null or empty.
 The detail is CommonMark read by a clinician: what, why in clinical words, what to do now, what is
 conditional, a few lines of condensed evidence. Every word naming a toxicity or a criterion comes from the
 rule (`presentation`) or the terminology; every string from the input is escaped (cds_cards.markdown).
@@ -14,11 +15,12 @@ from typing import Any, Callable
 
 from service.cds_cards.markdown import Markdown, bullet_list, document, md, paragraph, strong
 from service.fhir_input.concepts import Terminology
-from service.fhir_output.build import OutputConfig, stable_id
+from service.fhir_output.build import OutputConfig, dose_runs, stable_id
 from service.fhir_output.wording import fact_text, grade_text, measurement_text, reason_text
 from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
 from service.rules_engine.model import Finding, MetricsFinding, Reason
+from service.rules_engine.regimen import RegimenFinding
 from service.timeline.facts import Fact, Measurement, Timeline
 
 SUMMARY_LIMIT = 140
@@ -33,7 +35,7 @@ OVERRIDE_REASONS = (
 
 @dataclass(frozen=True)
 class CardInput:
-    finding: Finding | MetricsFinding
+    finding: Finding | MetricsFinding | RegimenFinding
     risk_assessment: dict[str, Any]
     plan: CombinedPlan | None  # the patient's one plan (every finding's), or None when nothing is recommended
     care_plan: dict[str, Any] | None  # its CarePlan resource
@@ -198,6 +200,44 @@ def _metrics_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> t
     return head, tail
 
 
+REGIMEN_STEPS_SHOWN = 6
+
+
+def _regimen_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> tuple[list[Markdown], list[Markdown]]:
+    """A regimen: where the patient is and why, the counts now, warnings; then the course so far."""
+    finding: RegimenFinding = item.finding
+    spec = finding.spec
+    rule = finding.rule
+    head: list[Markdown] = [paragraph(md("{} {}", strong(spec.display + ":"), spec.text))]
+    step = finding.since
+    lines: list[Markdown] = []
+    if step is not None:
+        lines.append(md("Since day {}: {}", step.day, "; ".join(step.reasons)))
+    if spec.prednisone:
+        lines.append(md("Prednisone: {}", finding.dose_words()))
+    counts = []
+    for name, points in finding.lineages.items():
+        latest = next((p for p in reversed(points) if p.time <= timeline.as_of), None)
+        if latest is not None and latest.grade is not None:
+            counts.append(f"{rule.lineage_names.get(name, name)} grade {latest.grade} (day {timeline.day_zero.day_of(latest.time) if timeline.day_zero else '?'})")
+    if counts:
+        lines.append(md("Latest counts: {}", ", ".join(counts)))
+    head.append(bullet_list(lines))
+    if finding.warnings:
+        head.append(bullet_list(md("{} {}", strong("Warning:"), text) for text in finding.warnings))
+    tail: list[Markdown] = []
+    if finding.steps:
+        shown = finding.steps[-REGIMEN_STEPS_SHOWN:]
+        tail += [paragraph(md("{} (times {})", strong("Course"), timeline.offset_label)),
+                 bullet_list(md("Day {} {}: {}{}", s.day, timeline.local(s.time), rule.states[s.state].display,
+                                f", {s.dose_mg:g} mg/day" if s.dose_mg is not None else "") for s in shown)]
+    if finding.given:
+        tail.append(paragraph(md("Prednisone given: {}.", "; ".join(dose_runs(finding.given)))))
+    if finding.notes:
+        tail.append(bullet_list(md("Noted: {}", note) for note in finding.notes))
+    return head, tail
+
+
 def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     finding = item.finding
     head, tail = _KINDS[finding.kind].parts(item, timeline, terms)
@@ -224,6 +264,15 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     return document(blocks)
 
 
+def _grading_shows(finding: Finding) -> bool:
+    """Grade 0 gives no card; neither do grades below the rule's card_from_grade, nor not-assessable for a rule
+    graded on occasional laboratory values (the RiskAssessment still says each)."""
+    grade, words = finding.current.grade, finding.rule.presentation
+    if grade is None:
+        return not words.quiet_when_not_assessable
+    return grade >= max(words.card_from_grade, 1)
+
+
 def _metrics_indicator(finding: MetricsFinding) -> str:
     """Warning when a threshold was first reached recently, otherwise information."""
     return "warning" if finding.recent_crossing else "info"
@@ -243,8 +292,12 @@ class _CardKind:
 
 _KINDS: dict[str, _CardKind] = {
     "grading": _CardKind(
-        shows=lambda f: f.current.grade != 0, summary=summary, indicator=lambda f: indicator(f.current.grade),
+        shows=_grading_shows,
+        summary=summary, indicator=lambda f: indicator(f.current.grade),
         state=lambda f: grade_text(f.current.grade), parts=_grading_parts, caveat=lambda f: f.rule.presentation.caveat),
+    "regimen": _CardKind(
+        shows=lambda f: f.shows, summary=lambda f: _short(f.summary()), indicator=lambda f: f.spec.indicator or "info",
+        state=lambda f: f.spec.display, parts=_regimen_parts, caveat=lambda f: f.rule.caveat),
     "metrics": _CardKind(
         shows=lambda f: bool(f.evidence), summary=lambda f: _short(f.summary(recent=True)), indicator=_metrics_indicator,
         state=lambda f: f.rule.words[f.outcome or "not-assessable"], parts=_metrics_parts, caveat=lambda f: f.rule.caveat),

@@ -143,6 +143,7 @@ class Resource(msgspec.Struct, gc=False):
     reasonReference: list[Reference] | None = None
     contained: list["Resource"] | None = None
     birthDate: str | None = None
+    gender: str | None = None
     deceasedBoolean: bool | None = None
     deceasedDateTime: str | None = None
     # Condition

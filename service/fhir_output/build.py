@@ -23,6 +23,7 @@ from service.fhir_output.wording import grade_text, reasons_text
 from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
 from service.rules_engine.model import Finding, GradeResult, MetricsFinding
+from service.rules_engine.regimen import RegimenFinding
 from service.timeline.facts import Fact, InputNote, Timeline
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -63,7 +64,7 @@ def subject_of(timeline: Timeline) -> dict[str, str]:
     return {"display": "Patient not identified in the request"}
 
 
-def risk_assessment(finding: Finding | MetricsFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
+def risk_assessment(finding: Finding | MetricsFinding | RegimenFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
                     management_guideline: str, terms: Terminology) -> dict[str, Any]:
     """The finding's RiskAssessment, by its kind's profile."""
     return _RISK_ASSESSMENT_BY_KIND[finding.kind](finding, timeline, config, resource_id, management_guideline, terms)
@@ -182,6 +183,72 @@ def _metrics_risk_assessment(finding: MetricsFinding, timeline: Timeline, config
     }
     if notes:
         resource["note"] = notes
+    basis = _basis(finding.evidence)
+    if basis:
+        resource["basis"] = basis
+    return resource
+
+
+def dose_runs(given: tuple[tuple[int, float | None], ...]) -> list[str]:
+    """Daily doses given, as runs of consecutive days at one amount: "day 31-44: 40 mg/day"."""
+    runs: list[list[Any]] = []  # [first day, last day, mg]
+    for day, mg in given:
+        if runs and runs[-1][1] == day - 1 and runs[-1][2] == mg:
+            runs[-1][1] = day
+        else:
+            runs.append([day, day, mg])
+    texts = []
+    for first, last, mg in runs:
+        days = f"day {first}" if first == last else f"day {first}-{last}"
+        texts.append(f"{days}: {'dose not recorded' if mg is None else f'{mg:g} mg/day'}")
+    return texts
+
+
+def _regimen_risk_assessment(finding: RegimenFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
+                             management_guideline: str, terms: Terminology) -> dict[str, Any]:
+    """Profile cartox-regimen-status: prediction[0].outcome = the regimen's state (a code of the project's
+    CodeSystem) since the step that entered it; the steps and the dose history as notes; basis = the facts the
+    steps rest on."""
+    rule = finding.rule
+    cs = config.codesystem
+    spec = finding.spec
+    step = finding.since
+    start = step.time if step else finding.window.start
+    rationale = spec.text
+    if step is not None:
+        rationale += f" Since day {step.day}: " + "; ".join(step.reasons) + "."
+    if spec.prednisone:
+        rationale += f" Prednisone dose: {finding.dose_words()}."
+    notes = [f"Day {s.day}: {rule.states[s.state].display}" + (f" ({s.dose_mg:g} mg/day)" if s.dose_mg is not None else "") + " - " + "; ".join(s.reasons)
+             for s in finding.steps]
+    notes += [f"Prednisone given {text}" for text in dose_runs(finding.given)]
+    notes += list(finding.warnings) + list(finding.notes)
+    if rule.caveat:
+        notes.append(rule.caveat)
+    resource: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": resource_id,
+        "meta": {"profile": [config.profile("cartox-regimen-status")]},
+        "extension": [
+            {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
+            {"url": config.profile("guideline-version"), "valueString": rule.guideline_id},
+        ],
+        "status": "final",
+        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
+        "subject": subject_of(timeline),
+        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
+        "method": {
+            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
+            "text": f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); source {rule.guideline_id}: {rule.guideline_citation}",
+        },
+        "prediction": [{
+            "outcome": {"coding": [{"system": cs, "code": finding.state, "display": spec.display}],
+                        "text": finding.summary()},
+            "whenPeriod": {"start": timeline.fhir_time(min(start, timeline.as_of)), "end": timeline.fhir_time(timeline.as_of)},
+            "rationale": rationale,
+        }],
+        "note": [{"text": text} for text in notes] or [{"text": spec.text}],
+    }
     basis = _basis(finding.evidence)
     if basis:
         resource["basis"] = basis
@@ -362,7 +429,8 @@ def valid_medication_request(resource: dict[str, Any], patient: str | None) -> d
     return resource
 
 
-_RISK_ASSESSMENT_BY_KIND = {"grading": _grading_risk_assessment, "metrics": _metrics_risk_assessment}
+_RISK_ASSESSMENT_BY_KIND = {"grading": _grading_risk_assessment, "metrics": _metrics_risk_assessment,
+                            "regimen": _regimen_risk_assessment}
 _VALIDATORS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "OperationOutcome": OperationOutcome}
 
 

@@ -36,6 +36,11 @@ _OBSERVATIONS = {
     "fio2": ("3150-0", "Inhaled oxygen concentration", "%"),
     "weight": ("29463-7", "Body weight", "kg"),
     "creatinine": ("2160-0", "Creatinine", "mg/dL"),
+    "hb": ("718-7", "Hemoglobin", "g/dL"),
+    "plt": ("777-3", "Platelets", "10*9/L"),
+    "anc": ("751-8", "Neutrophils", "10*9/L"),
+    "wbc": ("6690-2", "Leukocytes", "10*9/L"),
+    "neut_pct": ("770-8", "Neutrophils/100 leukocytes", "%"),
 }
 
 
@@ -45,7 +50,8 @@ CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 # Compact neurological assessments (fhir_profiles: cartox-ice-score, cartox-loc-observation ...).
 _SCORES = {"ice": "ice-total", "capd": "capd-total"}
-_ANSWERS = {"loc": "loc-astct", "seizure": "seizure-astct", "motor": "motor-weakness-astct", "edema": "cerebral-edema-astct"}
+_ANSWERS = {"loc": "loc-astct", "seizure": "seizure-astct", "motor": "motor-weakness-astct", "edema": "cerebral-edema-astct",
+            "response": "disease-response"}
 
 
 class CaseFailure(AssertionError):
@@ -70,7 +76,20 @@ def load_cases(path: Path, schema_dir: Path) -> list[Case]:
     duplicates = {name for name in names if names.count(name) > 1}
     if duplicates:
         raise ValueError(f"{path.name}: duplicate case names {sorted(duplicates)}")
-    return [Case(path, document["rule"], case["name"], case, defaults) for case in document["cases"]]
+    by_name = {case["name"]: case for case in document["cases"]}
+    return [Case(path, document["rule"], case["name"], _extended(case, by_name, path), defaults) for case in document["cases"]]
+
+
+def _extended(case: Mapping[str, Any], by_name: Mapping[str, Mapping[str, Any]], path: Path) -> Mapping[str, Any]:
+    """`extends: <earlier case>`: that case's resources (and what it extends) come first: a course followed over
+    weeks is written as one step after another."""
+    if "extends" not in case:
+        return case
+    base = by_name.get(case["extends"])
+    if base is None or base is case:
+        raise ValueError(f"{path.name}: case {case['name']!r} extends unknown case {case['extends']!r}")
+    earlier = _extended(base, by_name, path)
+    return {**case, "resources": list(earlier.get("resources", [])) + list(case.get("resources", []))}
 
 
 def _time(value: Any) -> str:
@@ -98,12 +117,19 @@ def compact_to_fhir(item: Mapping[str, Any], index: int) -> dict[str, Any]:
     subject = {"reference": f"Patient/{PATIENT_ID}"}
     for key, (code, display, default_unit) in _OBSERVATIONS.items():
         if key in item:
-            return {
+            unit = item.get("unit", default_unit)
+            observation = {
                 "resourceType": "Observation", "id": rid, "status": item.get("status", "final"),
                 "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
                 "subject": subject, **_effective(item),
-                "valueQuantity": _quantity(item[key], item.get("unit", default_unit)),
+                "valueQuantity": _quantity(item[key], unit),
             }
+            if "low" in item:  # referenceRange.low in the value's unit
+                observation["referenceRange"] = [{"low": _quantity(item["low"], unit)}]
+            return observation
+    if "procedure" in item:  # a SNOMED CT procedure performed at `at`
+        return {"resourceType": "Procedure", "id": rid, "status": item.get("status", "completed"), "subject": subject,
+                "code": {"coding": [{"system": SNOMED, "code": str(item["procedure"])}]}, "performedDateTime": _time(item["at"])}
     if "bp" in item:
         systolic, diastolic = item["bp"]
         return {
@@ -286,12 +312,35 @@ def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
                              for rule, grade in v.items()],
         "care_plan": lambda v: _check_care_plan(outcome, v),
         "card_order": lambda v: _expect_equal("card order", [c["source"]["topic"]["code"] for c in outcome.cards], v),
+        "regimen": lambda v: _check_regimen(outcome, case.rule, v),
     }
     for key, value in expect.items():
         if key == "error":
             raise CaseFailure(f"expected error {value}, but the evaluation succeeded")
         if key not in checks:
             raise CaseFailure(f"unknown expectation {key!r}")
+        checks[key](value)
+
+
+def _check_regimen(outcome: Outcome, rule: str, expected: Mapping[str, Any]) -> None:
+    """A regimen finding: its state, dose, the states entered since day 0, warnings, notes and its card."""
+    finding = _finding(outcome, rule)
+    cards = _cards_of(outcome, finding)
+    checks: dict[str, Callable[[Any], None]] = {
+        "state": lambda v: _expect_equal("regimen state", finding.state, v),
+        "dose_mg": lambda v: _expect_equal("prednisone dose (mg/day)", finding.dose_mg, v),
+        "mg_per_kg": lambda v: _expect_equal("prednisone dose (mg/kg/day)", finding.mg_per_kg, v),
+        "path": lambda v: _expect_equal("states entered", [step.state for step in finding.steps], v),
+        "doses": lambda v: _expect_equal("doses of the steps", [step.dose_mg for step in finding.steps], v),
+        "warnings": lambda v: _expect_equal("number of warnings", len(finding.warnings), v),
+        "warnings_include": lambda v: _include_text("warnings", finding.warnings, v),
+        "notes_include": lambda v: _include_text("notes", finding.notes, v),
+        "cards": lambda v: _expect_equal("number of regimen cards", len(cards), v),
+        "indicator": lambda v: _expect_equal("regimen card indicator", next((c["indicator"] for c in cards), None), v),
+    }
+    for key, value in expected.items():
+        if key not in checks:
+            raise CaseFailure(f"unknown regimen expectation {key!r}")
         checks[key](value)
 
 

@@ -653,6 +653,74 @@ def measurement_level(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, 
     return evaluate, candidates
 
 
+def lab_grade(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
+    """A laboratory value graded as CTCAE grades it: the latest value in the window, level = the highest band it
+    is under (`below: lln` = under the lower limit of normal; a value on a bound stays in the lower grade).
+    LLN: the Observation's referenceRange.low, else the rule's default (by Patient.gender when given).
+    `derived`: when the latest value is not a direct one, the product of a total and a percentage recorded
+    within `within_minutes` of each other (absolute neutrophils = leukocytes x neutrophil %), said so."""
+    concept = c.measurement(spec["concept"])
+    lln = {key: c.number(value) for key, value in spec["lln"].items()}
+    bands = [(None if band["below"] == "lln" else c.number(band["below"]), int(band["level"])) for band in spec["grades"]]
+    derived = spec.get("derived")
+    if derived is not None:
+        total, percent = c.measurement(derived["total"]), c.measurement(derived["percent"])
+        pair_gap = timedelta(minutes=c.number(derived["within_minutes"]))
+        derived_note = derived["note"]
+
+    def lower_limit(ctx: Context, facts: tuple[Measurement, ...]) -> tuple[float, str | None]:
+        """The value's own referenceRange.low (a derived value has none of its own), else the rule's default."""
+        if len(facts) == 1 and facts[0].reference_low is not None:
+            return facts[0].reference_low, None
+        sex = ctx.timeline.sex if ctx.timeline.sex in lln else "default"
+        which = "default" if sex == "default" else f"default for {sex} patients"
+        return lln[sex], f"no reference range sent: lower limit of normal {lln[sex]:g} {ctx.terminology.display(ctx.terminology.measurements[concept].canonical_unit)} ({which})"
+
+    def level_of(value: float, limit: float) -> int:
+        level = 0
+        for bound, band_level in bands:
+            if value < (limit if bound is None else bound):
+                level = max(level, band_level)
+        return level
+
+    def latest(ctx: Context, window: Window) -> tuple[float, tuple[Measurement, ...]] | None:
+        """The latest value in the window with the facts it comes from (one, or the total and its percentage)."""
+        direct = _in_window(ctx.timeline, concept, window)
+        best = (direct[-1].value, (direct[-1],)) if direct else None
+        if derived is None:
+            return best
+        totals = _in_window(ctx.timeline, total, window)
+        percents = _in_window(ctx.timeline, percent, window)
+        for whole in reversed(totals):
+            if best is not None and whole.time <= best[1][0].time:
+                break
+            share = next((p for p in reversed(percents) if abs(p.time - whole.time) <= pair_gap), None)
+            if share is not None:
+                return whole.value * share.value / 100, (whole, share)
+        return best
+
+    def evaluate(ctx: Context, window: Window) -> Result:
+        found = latest(ctx, window)
+        if found is None:
+            name = ctx.terminology.display(concept)
+            return Result(None, missing=f"no {name} recorded in {_describe(ctx, window)}")
+        value, facts = found
+        limit, limit_note = lower_limit(ctx, facts)
+        level = level_of(value, limit)
+        # the lower limit of normal decides only between grade 0 and 1: its origin is said only then
+        notes = tuple(note for note in (limit_note if level <= 1 else None, derived_note if len(facts) > 1 else None) if note)
+        moment = facts[0].time if level else None
+        return Result(float(level), facts, moment, moment, notes)
+
+    def candidates(ctx: Context, window: Window) -> Iterable[datetime]:
+        times = [f.time for f in _in_window(ctx.timeline, concept, window)]
+        if derived is not None:
+            times += [f.time for f in _in_window(ctx.timeline, total, window)]
+        return times
+
+    return evaluate, candidates
+
+
 def same_assessment(spec: Mapping[str, Any], c: Compiler) -> tuple[Evaluator, CandidateTimes]:
     """A join: every part recorded at the same assessment (within `within_minutes` of each other) in the
     window gives `level` (ASTCT "ICE 0 because unarousable": an ICE of 0, or an ICE not performed, recorded
@@ -827,6 +895,17 @@ CONDITION_TYPES: dict[str, ConditionType] = {
         coded_level, ("concept", "levels"),
         {"concept": {"type": "string"}, "levels": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
          "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING}),
+    "lab_grade": ConditionType(
+        lab_grade, ("concept", "lln", "grades"),
+        {"concept": {"type": "string"},
+         "lln": {"type": "object", "required": ["default"], "additionalProperties": False,
+                 "properties": {"default": _NUMBER, "female": _NUMBER, "male": _NUMBER}},
+         "grades": {"type": "array", "minItems": 1, "items": {
+             "type": "object", "required": ["below", "level"], "additionalProperties": False,
+             "properties": {"below": {"oneOf": [_NUMBER, {"const": "lln"}]}, "level": {"type": "integer", "minimum": 1}}}},
+         "derived": {"type": "object", "required": ["total", "percent", "within_minutes", "note"], "additionalProperties": False,
+                     "properties": {"total": {"type": "string"}, "percent": {"type": "string"}, "within_minutes": _NUMBER,
+                                    "note": {"type": "string"}}}}),
     "measurement_level": ConditionType(
         measurement_level, ("concept", "bands"),
         {"concept": {"type": "string"}, "bands": _BANDS, "mode": {"enum": ["worst", "latest"]}, "missing": _MISSING,

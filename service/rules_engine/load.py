@@ -21,6 +21,7 @@ from service.rules_engine.management import ManagementRule, Plan
 from service.rules_engine.metrics import MetricsRule
 from service.rules_engine.model import Finding, MetricsFinding
 from service.rules_engine.orders import OrderCheckRule, OrderResult
+from service.rules_engine.regimen import RegimenFinding, RegimenRule
 from service.timeline.facts import Timeline
 
 CONCEPTS_FILE = "concepts.yaml"
@@ -75,7 +76,7 @@ def case_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    findings: tuple[Finding | MetricsFinding, ...]  # in rule-file order
+    findings: tuple[Finding | MetricsFinding | RegimenFinding, ...]  # in rule-file order
     plans: tuple[Plan, ...]  # one per management rule with something to recommend
     care_plan: CombinedPlan | None  # the plans merged: the patient's one CarePlan
 
@@ -88,7 +89,7 @@ class _State:
         self.terminology = terminology
         self.version = version
         self.guideline = guideline
-        self.findings: dict[str, Finding | MetricsFinding] = {}
+        self.findings: dict[str, Finding | MetricsFinding | RegimenFinding] = {}
         self.histories: dict[str, Any] = {}
         self.plans: list[Plan] = []
         self.care_plan: CombinedPlan | None = None
@@ -102,6 +103,14 @@ def _run_grading(rule: GradingRule, state: _State) -> None:
 
 def _run_metrics(rule: MetricsRule, state: _State) -> None:
     state.findings[rule.rule_id] = rule.assess(state.timeline, state.terminology, state.version)
+
+
+def _run_regimen(rule: RegimenRule, state: _State) -> None:
+    names = {name: state.findings[name].name for name in rule.reads}
+    finding, plan = rule.assess(state.timeline, state.histories, names, state.version)
+    state.findings[rule.rule_id] = finding
+    if plan is not None:
+        state.plans.append(plan)
 
 
 def _run_management(rule: ManagementRule, state: _State) -> None:
@@ -145,6 +154,11 @@ RULE_KINDS: dict[str, RuleKind] = {
         reads=_declared_reads,
         run=_run_metrics,
     ),
+    "regimen": RuleKind(
+        compile=lambda document, params, compiler: RegimenRule(document, params, compiler),
+        reads=_declared_reads,
+        run=_run_regimen,
+    ),
     "management": RuleKind(
         compile=lambda document, params, compiler: ManagementRule(document, compiler),
         reads=lambda rule, document: (rule.applies_to, *document.get("reads", ())),
@@ -159,9 +173,12 @@ RULE_KINDS: dict[str, RuleKind] = {
         compile=lambda document, params, compiler: CarePlanRule(document, compiler),
         reads=_declared_reads,
         run=_run_care_plan,
-        after_kinds=("management",),
+        after_kinds=("management", "regimen"),
     ),
 }
+
+
+FINDING_KINDS = ("grading", "metrics", "regimen")  # the kinds whose findings become RiskAssessments and cards
 
 
 @dataclass(frozen=True)
@@ -210,7 +227,7 @@ class RuleSet:
         self.input_terminology = terminology.restricted_to(observed)  # what timelines are built with
         self.ordered = _dependency_order(rules)
         self.grading: list[GradingRule] = [r.rule for r in rules if r.kind == "grading"]
-        self.finding_rules = [r.rule_id for r in rules if r.kind in ("grading", "metrics")]  # rule-file order
+        self.finding_rules = [r.rule_id for r in rules if r.kind in FINDING_KINDS]  # rule-file order
         self.by_id = {r.rule_id: r.rule for r in rules}
         self.order_check: OrderCheckRule | None = next((r.rule for r in rules if r.kind == "order_check"), None)
         if self.order_check is not None:

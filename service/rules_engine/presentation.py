@@ -54,6 +54,8 @@ class Presentation:
     caveat: str | None  # shown on every card of the rule
     onset: str | None  # label of the onset line
     atypical_onset: str | None  # shown when onset is atypical
+    quiet_when_not_assessable: bool = False  # no card while not-assessable (graded on occasional laboratory values)
+    card_from_grade: int = 1  # lower grades are in the RiskAssessment only (e.g. mild cytopenia is expected after CAR-T)
     criteria: Mapping[str, CriterionWords] = field(default_factory=dict)
 
     @property
@@ -90,5 +92,7 @@ class Presentation:
             caveat=bind(spec.get("caveat")),
             onset=bind(spec.get("onset")),
             atypical_onset=bind(spec.get("atypical_onset")),
+            quiet_when_not_assessable=bool(spec.get("quiet_when_not_assessable")),
+            card_from_grade=int(spec.get("card_from_grade", 1)),
             criteria=worded,
         )

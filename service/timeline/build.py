@@ -32,7 +32,8 @@ def build_timeline(
     read = normalise_entries(entries, terminology, as_of, options, ignored_types)
     timeline = Timeline.of_facts(
         read.as_of, read.data_offset or read.evaluation_offset, read.facts,
-        patient=read.patient, birth_date=read.birth_date, deceased=read.deceased,
+        patient=read.patient, birth_date=read.birth_date, sex=read.sex, deceased=read.deceased,
+        resource_types=read.resource_types,
         input_references=read.references, partial_data=read.partial_data,
     )
     # Day 0 needs the sorted administrations, and may add a note (several infusions). A date-only

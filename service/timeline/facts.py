@@ -166,6 +166,8 @@ class Timeline:
     procedure_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
     not_performed: Mapping[str, tuple[NotPerformed, ...]] = field(default_factory=dict)
     not_performed_times: Mapping[str, tuple[datetime, ...]] = field(default_factory=dict)
+    sex: str | None = None  # Patient.gender (sex-specific lower limits of normal)
+    resource_types: frozenset[str] = field(default=frozenset())  # the resource types the request carried
 
     @classmethod
     def of_facts(cls, as_of: datetime, display_offset: tzinfo, facts: Iterable[Fact], **details: Any) -> "Timeline":

@@ -132,9 +132,11 @@ def test_call_with_prefetch_gives_the_crs_card(call, prefetch, find_empty):
     response = call(_hook_request(prefetch))
     assert response.headers["Access-Control-Allow-Origin"]
     cards = _cards(response)
-    # CRS grade 2 carries the one plan; then ICANS grade 1 (ICE 8) and the glucocorticoid exposure (dexamethasone
-    # 10 mg q6h on day 4: 40 mg, more than 35 mg reached at 6 Mar 20:05, in the last 24 h: a warning)
-    assert [c["source"]["topic"]["code"] for c in cards] == ["crs-grade-astct", "icans-grade-astct", "glucocorticoid-exposure"]
+    # CRS grade 2 carries the one plan; then neutropenia grade 3 after lymphodepletion (critical), ICANS grade 1
+    # (ICE 8) and the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg reached at
+    # 6 Mar 20:05, in the last 24 h: a warning)
+    assert [c["source"]["topic"]["code"] for c in cards] == [
+        "crs-grade-astct", "neutropenia-grade-ctcae", "icans-grade-astct", "glucocorticoid-exposure"]
     card = cards[0]
     assert card["indicator"] == "warning"
     assert "CRS grade 2" in card["summary"] and len(card["summary"]) < 140

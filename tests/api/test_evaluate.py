@@ -73,8 +73,10 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     document = orjson.loads(response.get_data())
     assert list(document) == ["cards"]
     # CRS grade 2 and ICANS grade 1 (ICE 8 since day 4 22:00): the CRS card comes first and carries the one plan;
-    # then the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg at 6 Mar 20:05).
-    assert [c["source"]["topic"]["code"] for c in document["cards"]] == ["crs-grade-astct", "icans-grade-astct", "glucocorticoid-exposure"]
+    # then neutropenia grade 3 after lymphodepletion and the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4:
+    # 40 mg, more than 35 mg at 6 Mar 20:05).
+    assert [c["source"]["topic"]["code"] for c in document["cards"]] == [
+        "crs-grade-astct", "neutropenia-grade-ctcae", "icans-grade-astct", "glucocorticoid-exposure"]
     card = document["cards"][0]
 
     # Current grade 2 (fever + nasal cannula O2) over the last 24 h; grade 3 earlier (norepinephrine).

@@ -33,9 +33,14 @@ ICD_OF_GRADE = {
     CRS: {"grade-1": "D89.831", "grade-2": "D89.832", "grade-3": "D89.833", "grade-4": "D89.834"},
     ICANS: {"grade-1": "G92.01", "grade-2": "G92.02", "grade-3": "G92.03", "grade-4": "G92.04"},
 }
-RULE_OF = {CRS: "crs-astct", ICANS: "icans-astct"}  # the grading findings
+RULE_OF = {CRS: "crs-astct", ICANS: "icans-astct"}  # the ASTCT grading findings
+# CTCAE cytopenia grading findings: no card while not-assessable (graded on occasional laboratory values)
+CYTOPENIA = {"anemia-grade-ctcae": "anemia-ctcae", "thrombocytopenia-grade-ctcae": "thrombocytopenia-ctcae",
+             "neutropenia-grade-ctcae": "neutropenia-ctcae"}
 EXPOSURE = "glucocorticoid-exposure"  # the metrics finding
-PROFILE_OF = {CRS: "cartox-risk-assessment", ICANS: "cartox-risk-assessment", EXPOSURE: "cartox-glucocorticoid-exposure"}
+REGIMEN = "pht-status"  # the regimen finding (prednisone for prolonged hematologic toxicity)
+PROFILE_OF = {CRS: "cartox-risk-assessment", ICANS: "cartox-risk-assessment", EXPOSURE: "cartox-glucocorticoid-exposure",
+              **dict.fromkeys(CYTOPENIA, "cartox-risk-assessment"), REGIMEN: "cartox-regimen-status"}
 EXPOSURE_OUTCOMES = {"high-exposure", "low-exposure", "no-exposure", "not-assessable"}
 GLUCOCORTICOIDS = {"3264", "6902", "8640", "8638", "5492"}  # RxNorm ingredients: dexamethasone ... hydrocortisone
 NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "flagged-duplicate",
@@ -197,8 +202,8 @@ def test_bundle_shape(result):
     bundle = result.bundle
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    # one per finding rule: the grading rules and the glucocorticoid exposure metrics
-    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, EXPOSURE])
+    # one per finding rule: the grading rules, the glucocorticoid exposure metrics and the prednisone regimen
+    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, *CYTOPENIA, EXPOSURE, REGIMEN])
     assert types.count("OperationOutcome") == 1
     assert types.count("CarePlan") <= 1
     assert types[-1] == "OperationOutcome"
@@ -410,6 +415,9 @@ def test_operation_outcome_lists_ignored_input(result):
 # --------------------------------------------------------------------------------------------------
 def test_grade_0_has_no_card_and_other_findings_one(result):
     carded = [_assessment_code(ra) for ra in result.risk_assessments if _grade(ra["prediction"][0]) != "grade-0"]
+    carded += [code for code in CYTOPENIA if _grade(result.assessment(code)["prediction"][0]) not in ("grade-0", "not-assessable")]
+    if _grade(result.assessment(REGIMEN)["prediction"][0]) not in ("monitor", "surveillance", "pht-assess"):
+        carded.append(REGIMEN)
     exposure = result.assessment(EXPOSURE)
     if exposure.get("basis"):  # glucocorticoids counted: a card with the totals
         carded.append(EXPOSURE)
@@ -421,7 +429,7 @@ def test_indicator_matches_grade(result):
                 "grade-3": "critical", "grade-4": "critical", "grade-5": "critical"}
     for card in result.cards:
         code = card["source"]["topic"]["code"]
-        if code == EXPOSURE:  # information, a warning when a threshold was first reached in the last 24 h
+        if code in (EXPOSURE, REGIMEN):  # information, or a warning (a threshold first reached; a state asking for action)
             assert card["indicator"] in ("info", "warning")
             continue
         grade = _grade(result.assessment(code)["prediction"][0])

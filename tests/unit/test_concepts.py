@@ -464,14 +464,17 @@ def test_procedures_and_routes(terminology):
 
 
 def test_new_concepts_are_cut_from_the_input_terminology_until_a_rule_reads_them(rule_set):
-    """ICANS reads the scores, answers and SNOMED CT findings; no rule reads a procedure or the ICE items yet:
-    those are cut (and listed as ignored input)."""
+    """ICANS reads the scores, answers and SNOMED CT findings; the prednisone regimen reads MDS and CHIP, the
+    transfusions and its exclusions; no rule reads the EEG or the ICE items: those are cut (and listed as ignored
+    input)."""
     terms = rule_set.input_terminology
     assert {(CARTOX_CS, "ice-total"), (CARTOX_CS, "capd-total"), (CARTOX_CS, "loc-astct")} <= terms.observation_codes()
     assert (CARTOX_CS, "ice-orientation") not in terms.observation_codes()
-    assert set(terms.finding_by_code.values()) == {"seizure", "cerebral-edema", "optic-disc-edema"}
+    assert set(terms.finding_by_code.values()) == {"seizure", "cerebral-edema", "optic-disc-edema",
+                                                   "myelodysplastic-syndrome", "clonal-hematopoiesis"}
     assert (SNOMED, "26079004") not in terms.finding_by_code  # tremor never counts toward ICANS
-    assert terms.procedure_by_code == {}
+    assert set(terms.procedure_by_code.values()) == {
+        "blood-product-transfusion", "red-cell-transfusion", "platelet-transfusion", "stem-cell-transplant", "radiotherapy", "chemotherapy"}
     read = rule_set.terminology.restricted_to(frozenset({"ice-total", "seizure", "electroencephalography"}))
     assert {(CARTOX_CS, "ice-total"), (SNOMED, "91175000")} <= read.observation_codes()
     assert read.procedure_by_code == {(SNOMED, "54550000"): "electroencephalography"}

@@ -129,7 +129,7 @@ def test_every_condition_type_is_covered_here_or_in_test_generic_conditions():
     assert set(CONDITION_TYPES) == {
         "measurement_threshold", "first_occurrence", "therapy_after_onset", "concurrent_administrations",
         "sustained_measurement", "oxygen_support_level",
-        "age_band", "coded_level", "measurement_level", "finding_present", "same_assessment",  # test_generic_conditions.py
+        "age_band", "coded_level", "measurement_level", "finding_present", "same_assessment", "lab_grade",  # test_generic_conditions.py
     }
 
 

@@ -215,3 +215,49 @@ def test_same_assessment_needs_every_part_at_one_assessment(run, facts):
 
 def test_same_assessment_only_inside_the_window(run):
     assert run(ICE_BECAUSE_UNAROUSABLE, [ice(0, at(30)), consciousness("unarousable", at(30))]).value == 0
+
+
+# === lab_grade (CTCAE laboratory grades) ======================================================================
+
+PLATELET_GRADES = {"type": "lab_grade", "concept": "platelets", "lln": {"default": 150},
+                   "grades": [{"below": "lln", "level": 1}, {"below": 75, "level": 2}, {"below": 50, "level": 3}, {"below": 25, "level": 4}]}
+NEUTROPHIL_GRADES = {"type": "lab_grade", "concept": "neutrophils", "lln": {"default": 2.0, "female": 1.8},
+                     "grades": [{"below": "lln", "level": 1}, {"below": 1.5, "level": 2}, {"below": 1.0, "level": 3}, {"below": 0.5, "level": 4}],
+                     "derived": {"total": "leukocytes", "percent": "neutrophils-percent", "within_minutes": 60, "note": "computed"}}
+
+
+def count(concept: str, value: float, when: datetime, unit: str = "10*9/L", low: float | None = None) -> Measurement:
+    return Measurement(concept, value, unit, when, f"Observation/{concept}{when:%H%M}", f"{value:g} {unit}", reference_low=low)
+
+
+def test_lab_grade_bound_values_stay_in_the_lower_grade(run):
+    assert [run(PLATELET_GRADES, [count("platelets", v, at(1))]).value for v in (150, 149.9, 75, 74.9, 50, 49, 25, 24.9)] == [
+        0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0]
+
+
+def test_lab_grade_grades_the_latest_value_not_the_worst(run):
+    result = run(PLATELET_GRADES, [count("platelets", 20, at(10)), count("platelets", 60, at(1))])
+    assert result.value == 2.0 and [f.value for f in result.evidence] == [60]
+
+
+def test_lab_grade_reference_range_low_is_the_lln(run):
+    result = run(PLATELET_GRADES, [count("platelets", 140, at(1), low=130)])
+    assert result.value == 0.0 and result.notes == ()
+    defaulted = run(PLATELET_GRADES, [count("platelets", 140, at(1))])
+    assert defaulted.value == 1.0 and "lower limit of normal 150" in defaulted.notes[0]
+
+
+def test_lab_grade_missing_is_unknown_never_0(run):
+    result = run(PLATELET_GRADES, [])
+    assert result.value is None and "no platelets" in result.missing
+
+
+def test_lab_grade_derives_from_a_total_and_its_percentage(run):
+    result = run(NEUTROPHIL_GRADES, [count("leukocytes", 3.0, at(2)), count("neutrophils-percent", 30, at(2), unit="%")])
+    assert result.value == 3.0  # 0.9 x10^9/L
+    assert [f.concept for f in result.evidence] == ["leukocytes", "neutrophils-percent"] and "computed" in result.notes
+
+
+def test_lab_grade_a_percentage_from_another_blood_count_is_not_paired(run):
+    result = run(NEUTROPHIL_GRADES, [count("leukocytes", 3.0, at(5)), count("neutrophils-percent", 30, at(2), unit="%")])
+    assert result.value is None

@@ -85,14 +85,18 @@ def test_every_decoded_type_has_a_normaliser_or_is_read_by_one():
 
 
 def test_types_no_rule_reads_are_listed_as_ignored_types(fhir, build, unit_engine):
-    """ICANS reads findings (Conditions) but no shipped rule reads a procedure yet: Procedures are an ignored
-    type; a Condition whose code no rule reads is an ignored code, never silently dropped."""
-    body = fhir.bundle(fhir.patient(), _condition(fhir), _condition(fhir, "c2", "109969005"), _procedure(fhir))
+    """ICANS reads findings (Conditions), the prednisone regimen reads transfusion and transplant Procedures; an
+    unread type (Encounter) is listed as ignored; a Condition or Procedure whose code no rule reads (the EEG) is an
+    ignored code, never silently dropped."""
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"}}
+    body = fhir.bundle(fhir.patient(), _condition(fhir), _condition(fhir, "c2", "109969005"), _procedure(fhir),
+                       _procedure(fhir, "pr2", "234336002"), encounter)
     timeline = build(body, unit_engine.rules.input_terminology)
-    assert list(timeline.findings) == ["seizure"] and timeline.procedures == {}
+    assert list(timeline.findings) == ["seizure"] and list(timeline.procedures) == ["stem-cell-transplant"]
     notes = {n.message: n.count for n in _notes(timeline, "ignored-resource-type")}
-    assert notes == {"Procedure is not used by the rules": 1}
-    assert [n.message for n in _notes(timeline, "ignored-code")] == ["code sct|109969005 is not used by the rules"]
+    assert notes == {"Encounter is not used by the rules": 1}
+    assert sorted(n.message for n in _notes(timeline, "ignored-code")) == [
+        "code sct|109969005 is not used by the rules", f"code sct|{EEG} is not used by the rules"]
 
 
 def test_unread_scores_and_assessments_are_ignored_codes(fhir, build, unit_engine):

@@ -47,8 +47,10 @@ def _rules_error(directory: Path, **kwargs) -> RulesError:
 # --- the shipped rule set ----------------------------------------------------------------------------------
 
 def test_shipped_rule_set_loads(rule_set):
-    assert [rule.info.rule_id for rule in rule_set.grading] == ["crs-astct", "icans-astct"]
-    assert rule_set.finding_rules == ["crs-astct", "glucocorticoid-exposure", "icans-astct"]  # rule-file order
+    assert [rule.info.rule_id for rule in rule_set.grading] == [
+        "anemia-ctcae", "crs-astct", "icans-astct", "neutropenia-ctcae", "thrombocytopenia-ctcae"]
+    assert rule_set.finding_rules == ["anemia-ctcae", "crs-astct", "glucocorticoid-exposure", "icans-astct",
+                                      "neutropenia-ctcae", "prednisone-pht", "thrombocytopenia-ctcae"]  # rule-file order
     assert rule_set.management["crs-management"].applies_to == "crs-astct"
     assert rule_set.management["icans-management"].applies_to == "icans-astct"
     assert rule_set.management["icans-management"].reads == ("crs-astct",)
@@ -56,6 +58,9 @@ def test_shipped_rule_set_loads(rule_set):
     assert order.index("crs-astct") < order.index("icans-management")  # ICANS management reads the CRS grade
     assert order.index("care-plan") > max(order.index(name) for name in rule_set.management)  # the merge runs after every plan
     assert order.index("glucocorticoid-exposure") < order.index("glucocorticoid-management")
+    # the regimen reads the three cytopenia grades; its plan is merged too
+    assert max(order.index(name) for name in ("anemia-ctcae", "thrombocytopenia-ctcae", "neutropenia-ctcae")) < order.index("prednisone-pht")
+    assert order.index("prednisone-pht") < order.index("care-plan")
     assert rule_set.order_check is not None and rule_set.order_check.projection == "glucocorticoid-exposure"
     assert {"crs_astct.yaml", "icans_astct.yaml", "icans_management.yaml", "care_plan.yaml", "glucocorticoid_exposure.yaml",
             "glucocorticoid_management.yaml", "order_check.yaml"} <= set(rule_set.files)
@@ -79,8 +84,8 @@ def test_version_changes_with_overrides(rule_set):
     assert VERSION.match(overridden.version)
     assert overridden.version != rule_set.version
     assert overridden.version.split("+")[0] == rule_set.version.split("+")[0]
-    assert overridden.grading[0].window == timedelta(hours=12)
-    assert rule_set.grading[0].window == timedelta(hours=24)
+    assert overridden.by_id["crs-astct"].window == timedelta(hours=12)
+    assert rule_set.by_id["crs-astct"].window == timedelta(hours=24)
     assert load_rule_set(overrides={"crs-astct": {"window_hours": 12}}).version == overridden.version
 
 
@@ -208,6 +213,8 @@ def _summary(rule_set, timeline):
          tuple(r.criterion for r in f.current.reasons), tuple(e.source for e in f.current.evidence),
          f.current.missing, f.current.notes, tuple(sorted(f.rule.outcome_codes.items())))
         if f.kind == "grading" else
+        (f.rule.rule_id, f.rule.rule_version, f.state, f.dose_mg, tuple((s.state, s.time) for s in f.steps))
+        if f.kind == "regimen" else
         (f.rule.rule_id, f.rule.rule_version, f.outcome, tuple((m.name, m.value) for m in f.metrics.values()),
          tuple(t.code for t in f.reached), tuple(e.source for e in f.evidence))
         for f in evaluation.findings
@@ -222,13 +229,14 @@ def test_yaml_and_json_rule_files_load_the_same_way(rules_copy, rule_set):
     assert "crs_astct.json" in [p.name for p in rule_files(json_dir)]
     from_json = load_rule_set(json_dir)
     assert VERSION.match(from_json.version)
-    assert from_json.grading[0].info == rule_set.grading[0].info
-    assert from_json.grading[0].window == rule_set.grading[0].window
+    assert from_json.by_id["crs-astct"].info == rule_set.by_id["crs-astct"].info
+    assert from_json.by_id["crs-astct"].window == rule_set.by_id["crs-astct"].window
     timeline = _febrile_timeline(rule_set.terminology)
     yaml_result = _summary(rule_set, timeline)
     json_result = _summary(from_json, timeline)
     assert yaml_result == json_result
-    assert yaml_result[0][0][2] == 3  # one vasopressor + low-flow O2 = grade 3 (R3): the comparison is not vacuous
+    crs = next(finding for finding in yaml_result[0] if finding[0] == "crs-astct")
+    assert crs[2] == 3  # one vasopressor + low-flow O2 = grade 3 (R3): the comparison is not vacuous
 
 
 def test_json_rule_file_schema_violation_rejected(rules_copy):
@@ -326,8 +334,8 @@ def test_a_cycle_of_reads_is_rejected(rules_copy):
 
 
 def test_reading_an_unknown_rule_is_rejected(rules_copy):
-    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["neutropenia-ctcae"]))
-    assert "reads unknown rules ['neutropenia-ctcae']" in str(_rules_error(rules_copy))
+    _edit_yaml(rules_copy / "crs_astct.yaml", lambda d: d.update(reads=["hepatotoxicity-ctcae"]))
+    assert "reads unknown rules ['hepatotoxicity-ctcae']" in str(_rules_error(rules_copy))
 
 
 def test_a_condition_reading_a_rule_not_in_reads_is_rejected(rules_copy):

@@ -67,7 +67,9 @@ class NormalisedInput:
     notes: list[InputNote]
     patient: str | None  # "Patient/id"
     birth_date: date | None
+    sex: str | None  # Patient.gender: male | female | other | unknown
     deceased: bool
+    resource_types: frozenset[str]  # every resource type the request carried (used or not): what could be checked
     references: frozenset[str]  # the resources facts came from (the only ones outputs may cite)
     partial_data: tuple[str, ...]
 
@@ -124,9 +126,10 @@ def normalise_entries(
     counts = Counter({kind: len(locations) for kind, locations in (ignored_types or {}).items()}) + unread
     for kind, count in sorted(counts.items()):
         notes.append(InputNote("ignored-resource-type", "information", f"{kind} is not used by the rules", None, count))
-    birth_date, deceased = None, False
+    birth_date, deceased, sex = None, False, None
     if patient is not None:
         birth_date = birth_date_of(patient, notes)
+        sex = patient.gender
         deceased = bool(patient.deceasedBoolean or patient.deceasedDateTime)
         if patient_ref:
             ctx.references.add(patient_ref)
@@ -138,7 +141,9 @@ def normalise_entries(
         notes=notes,
         patient=patient_ref,
         birth_date=birth_date,
+        sex=sex,
         deceased=deceased,
+        resource_types=frozenset(by_type) | frozenset(unread) | frozenset(ignored_types or ()),
         references=frozenset(ctx.references),
         partial_data=tuple(p.reason for p in partial),
     )

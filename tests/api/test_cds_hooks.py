@@ -308,7 +308,7 @@ def test_service_still_answers_after_errors(call, client, prefetch):
     for body in (b"[", _hook_request(None), _hook_request(prefetch, hook="order-select")):
         assert 400 <= call(body).status_code < 500
     assert client.get("/healthz").status_code == 200
-    assert len(_cards(call(_hook_request(prefetch)))) == 3
+    assert len(_cards(call(_hook_request(prefetch)))) == 4  # CRS, neutropenia, ICANS, glucocorticoid exposure
 
 
 # --------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     assert bundle["type"] == "collection"
     assert uuid.UUID(bundle["id"])
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["RiskAssessment", "RiskAssessment", "RiskAssessment", "CarePlan", "OperationOutcome"]
+    assert types == ["RiskAssessment"] * 7 + ["CarePlan", "OperationOutcome"]  # one per finding rule, then the plan
     for entry in bundle["entry"]:
         assert entry["fullUrl"] == f"urn:uuid:{entry['resource']['id']}"
         assert uuid.UUID(entry["resource"]["id"])
@@ -230,7 +230,8 @@ def test_card_actions_carry_the_bundle_resources(post_evaluate, small_bundle):
     actions = cards[0]["suggestions"][0]["actions"]
     assert actions[0]["resource"] == _risk_assessment(bundle)
     assert actions[1]["resource"] == _care_plan(bundle)
-    (icans_action,) = cards[1]["suggestions"][0]["actions"]
+    icans_card = next(card for card in cards if card["source"]["topic"]["code"] == "icans-grade-astct")
+    (icans_action,) = icans_card["suggestions"][0]["actions"]
     assert icans_action["resource"] == _risk_assessment(bundle, "icans-grade-astct")
 
 

@@ -72,7 +72,7 @@ def _without_car_t(bundle: dict) -> None:
 
 # (name, source, asOf, guideline, infusionDate, mutation, expects a card)
 BENCH_SCENARIOS: list[tuple[str, str, str, str | None, str | None, Callable[[dict], None] | None, bool]] = [
-    ("full-day1-before-fever", "full", "2026-03-03T12:00:00+01:00", None, None, None, False),
+    ("full-day1-before-fever", "full", "2026-03-03T12:00:00+01:00", None, None, None, True),  # neutropenia grade 3 after lymphodepletion
     ("full-day3-fever", "full", "2026-03-05T06:00:00+01:00", None, None, None, True),
     ("full-as-of", "full", "2026-03-07T12:00:00+01:00", None, None, None, True),
     ("full-day18-resolved", "full", "2026-03-20T12:00:00+01:00", None, None, None, True),  # the glucocorticoid exposure stays

@@ -21,6 +21,7 @@ from service.rules_engine.management import ManagementRule, Plan
 from service.rules_engine.metrics import MetricsRule
 from service.rules_engine.model import Finding, MetricsFinding
 from service.rules_engine.orders import OrderCheckRule, OrderResult
+from service.rules_engine.phased import PhasedFinding, PhasedRule
 from service.timeline.facts import Timeline
 
 CONCEPTS_FILE = "concepts.yaml"
@@ -75,7 +76,7 @@ def case_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    findings: tuple[Finding | MetricsFinding, ...]  # in rule-file order
+    findings: tuple[Finding | MetricsFinding | PhasedFinding, ...]  # in rule-file order
     plans: tuple[Plan, ...]  # one per management rule with something to recommend
     care_plan: CombinedPlan | None  # the plans merged: the patient's one CarePlan
 
@@ -88,7 +89,7 @@ class _State:
         self.terminology = terminology
         self.version = version
         self.guideline = guideline
-        self.findings: dict[str, Finding | MetricsFinding] = {}
+        self.findings: dict[str, Finding | MetricsFinding | PhasedFinding] = {}
         self.histories: dict[str, Any] = {}
         self.plans: list[Plan] = []
         self.care_plan: CombinedPlan | None = None
@@ -101,6 +102,10 @@ def _run_grading(rule: GradingRule, state: _State) -> None:
 
 
 def _run_metrics(rule: MetricsRule, state: _State) -> None:
+    state.findings[rule.rule_id] = rule.assess(state.timeline, state.terminology, state.version)
+
+
+def _run_phased(rule: PhasedRule, state: _State) -> None:
     state.findings[rule.rule_id] = rule.assess(state.timeline, state.terminology, state.version)
 
 
@@ -145,6 +150,11 @@ RULE_KINDS: dict[str, RuleKind] = {
         reads=_declared_reads,
         run=_run_metrics,
     ),
+    "phased_grading": RuleKind(
+        compile=lambda document, params, compiler: PhasedRule(document, params, compiler),
+        reads=_declared_reads,
+        run=_run_phased,
+    ),
     "management": RuleKind(
         compile=lambda document, params, compiler: ManagementRule(document, compiler),
         reads=lambda rule, document: (rule.applies_to, *document.get("reads", ())),
@@ -162,6 +172,9 @@ RULE_KINDS: dict[str, RuleKind] = {
         after_kinds=("management",),
     ),
 }
+
+
+FINDING_KINDS = ("grading", "metrics", "phased_grading")  # the rule kinds whose findings become RiskAssessments
 
 
 @dataclass(frozen=True)
@@ -210,7 +223,7 @@ class RuleSet:
         self.input_terminology = terminology.restricted_to(observed)  # what timelines are built with
         self.ordered = _dependency_order(rules)
         self.grading: list[GradingRule] = [r.rule for r in rules if r.kind == "grading"]
-        self.finding_rules = [r.rule_id for r in rules if r.kind in ("grading", "metrics")]  # rule-file order
+        self.finding_rules = [r.rule_id for r in rules if r.kind in FINDING_KINDS]  # rule-file order
         self.by_id = {r.rule_id: r.rule for r in rules}
         self.order_check: OrderCheckRule | None = next((r.rule for r in rules if r.kind == "order_check"), None)
         if self.order_check is not None:
@@ -315,7 +328,7 @@ def load_rule_set(
         raise RulesError(str(directory), f"overrides name unknown rules {sorted(unknown)}")
     if any(c.kind == "management" for c in compiled) and sum(c.kind == "care_plan" for c in compiled) != 1:
         raise RulesError(str(directory), "management rules need exactly one care_plan rule (how their plans merge)")
-    graded = {c.rule_id: c.rule for c in compiled if c.kind in ("grading", "metrics")}
+    graded = {c.rule_id: c.rule for c in compiled if c.kind in FINDING_KINDS}
     for rule in (c.rule for c in compiled if c.kind == "management"):
         if rule.applies_to not in graded:
             raise RulesError(rule.rule_id, f"applies_to names unknown grading or metrics rule {rule.applies_to!r}")

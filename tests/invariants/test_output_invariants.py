@@ -35,7 +35,9 @@ ICD_OF_GRADE = {
 }
 RULE_OF = {CRS: "crs-astct", ICANS: "icans-astct"}  # the grading findings
 EXPOSURE = "glucocorticoid-exposure"  # the metrics finding
-PROFILE_OF = {CRS: "cartox-risk-assessment", ICANS: "cartox-risk-assessment", EXPOSURE: "cartox-glucocorticoid-exposure"}
+ICAHT = "icaht-grade"  # the phased finding: early and late ICAHT
+PROFILE_OF = {CRS: "cartox-risk-assessment", ICANS: "cartox-risk-assessment", EXPOSURE: "cartox-glucocorticoid-exposure",
+              ICAHT: "cartox-phased-risk-assessment"}
 EXPOSURE_OUTCOMES = {"high-exposure", "low-exposure", "no-exposure", "not-assessable"}
 GLUCOCORTICOIDS = {"3264", "6902", "8640", "8638", "5492"}  # RxNorm ingredients: dexamethasone ... hydrocortisone
 NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "flagged-duplicate",
@@ -197,8 +199,8 @@ def test_bundle_shape(result):
     bundle = result.bundle
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    # one per finding rule: the grading rules and the glucocorticoid exposure metrics
-    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, EXPOSURE])
+    # one per finding rule: the grading rules, the glucocorticoid exposure metrics and the phased ICAHT grading
+    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, EXPOSURE, ICAHT])
     assert types.count("OperationOutcome") == 1
     assert types.count("CarePlan") <= 1
     assert types[-1] == "OperationOutcome"
@@ -413,6 +415,8 @@ def test_grade_0_has_no_card_and_other_findings_one(result):
     exposure = result.assessment(EXPOSURE)
     if exposure.get("basis"):  # glucocorticoids counted: a card with the totals
         carded.append(EXPOSURE)
+    if _icaht_worst(result.assessment(ICAHT)) >= 1:  # a phase of grade 1 or more
+        carded.append(ICAHT)
     assert sorted(card["source"]["topic"]["code"] for card in result.cards) == sorted(carded)
 
 
@@ -424,8 +428,40 @@ def test_indicator_matches_grade(result):
         if code == EXPOSURE:  # information, a warning when a threshold was first reached in the last 24 h
             assert card["indicator"] in ("info", "warning")
             continue
+        if code == ICAHT:  # by the worst phase
+            assert card["indicator"] == expected[f"grade-{_icaht_worst(result.assessment(ICAHT))}"]
+            continue
         grade = _grade(result.assessment(code)["prediction"][0])
         assert card["indicator"] == expected[grade]
+
+
+def _icaht_worst(ra: dict[str, Any]) -> int:
+    return max((int(code[-1]) for code in map(_grade, ra["prediction"]) if code.startswith("grade-")), default=-1)
+
+
+def test_icaht_risk_assessment(result):
+    """prediction[0] early ICAHT (day 0-30), prediction[1] late (from day 31), each with its period and scale;
+    basis only the neutrophil counts sent; not-assessable always incomplete with the reason said."""
+    ra = result.assessment(ICAHT)
+    early, late = ra["prediction"]
+    sent = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in result.input_bundle["entry"]}
+    for basis in ra.get("basis", []):
+        resource = sent[basis["reference"]]
+        assert resource["resourceType"] == "Observation" and resource["code"]["coding"][0]["code"] == "751-8"
+    for prediction in (early, late):
+        assert _grade(prediction) in GRADE_CODES - {"grade-5"}
+        assert _extensions(prediction, "grading-scale") == ["EHA-EBMT-2023"]
+        if _grade(prediction) == "not-assessable":
+            assert _extensions(prediction, "data-completeness") == ["incomplete"]
+            assert prediction["rationale"].startswith("Cannot assess: ")
+    if result.scenario.infusion is None:
+        assert "whenPeriod" not in early and _grade(early) == _grade(late) == "not-assessable"
+        return
+    assert _time(early["whenPeriod"]["start"]) == _time(result.scenario.infusion)
+    assert _time(early["whenPeriod"]["end"]) <= _time(result.scenario.as_of)
+    # every scenario is before day 31: the late phase is not reached, its period only starts
+    assert _grade(late) == "not-assessable" and "not yet reached" in late["rationale"]
+    assert set(late["whenPeriod"]) == {"start"} and _time(late["whenPeriod"]["start"]) > _time(result.scenario.as_of)
 
 
 def test_glucocorticoid_exposure_risk_assessment(result):

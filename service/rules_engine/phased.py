@@ -5,8 +5,8 @@ infusion's UTC offset) with its own grade levels, from two generic criteria:
 
 - `runs`: the duration of runs of the series at or below a threshold. A run lasts from the first to the last
   day with a value at or below it; days above it in between count to the run unless the series recovered
-  stably (values above it on `recovery_days` distinct days in a row). A run still going at the phase's last
-  day either stops there (`past_end: clip`) or is followed until it ends (`past_end: extend`).
+  stably (values above it spanning `recovery_days` days). A run still going at the phase's last day either
+  stops there (`past_end: clip`) or is followed until it ends (`past_end: extend`).
 - `confirmed`: a level holds when at least `values` values of the phase are at or below its threshold.
 
 Values before day 0 never count. A phase before its first day, a phase without day 0, a phase whose series
@@ -129,11 +129,8 @@ class PhasedFinding:
         return tuple(dict.fromkeys(n for p in self.phases for n in p.notes))
 
     def headline(self, phase: PhaseResult) -> str:
-        """"ICAHT early grade 3: ANC ≤ 0.5 x10^9/L for 16 days (day 2-17)" in the rule's words."""
-        words = self.rule.words
-        if phase.grade is None:
-            return words["headline_not_assessable"].format(name=self.name, phase=phase.label, why=phase.missing[0])
-        return words["headline"].format(name=self.name, phase=phase.label, grade=phase.grade, why=phase.why[0])
+        """A graded phase in the rule's words: "ICAHT early grade 3: ANC ≤ 0.5 x10^9/L for 16 days (day 2-17)"."""
+        return self.rule.words["headline"].format(name=self.name, phase=phase.label, grade=phase.grade, why=phase.why[0])
 
     def digest_parts(self) -> list[str]:
         """What the finding says, for output ids: each phase's grade and its evidence."""
@@ -161,8 +158,9 @@ class _Phase:
     period: str
 
 
+# The fields the texts of a phased rule's presentation may name, filled when a phase is assessed.
 _RUNTIME = ("name", "phase", "grade", "why", "series", "threshold", "days", "first", "last", "count", "have", "day",
-            "value", "hours", "start", "end")
+            "value", "start", "end")
 
 
 class PhasedRule:
@@ -231,9 +229,8 @@ class PhasedRule:
         return PhaseResult(phase.name, phase.label, phase.period, grade, start, end, why, evidence, missing, notes)
 
     def _assess_phase(self, phase: _Phase, timeline: Timeline, day_zero: DayZero | None) -> PhaseResult:
-        words = self.words
         if day_zero is None:
-            return self._result(phase, None, None, None, missing=(words["no_day_zero"],))
+            return self._result(phase, None, None, None, missing=(self._say("no_day_zero"),))
         start = max(day_zero.time, _day_start(day_zero, phase.from_day))
         if timeline.as_of < start:
             return self._result(phase, None, start, None, missing=(self._say("not_yet", day=phase.from_day),))
@@ -271,14 +268,13 @@ class PhasedRule:
     def _gap(self, phase: _Phase, values: tuple[Measurement, ...], start: datetime, end: datetime, day_zero: DayZero) -> str | None:
         """The first stretch without a value longer than the phase's maximum gap, from its start to its end so far
         (the evaluation time within it), in words; None when the series is dense enough."""
-        words = self.words
         if not values:
             return self._say("no_values", phase=phase.label)
         previous = start
         for moment in [m.time for m in values] + [end]:
             if moment - previous > phase.max_gap:
                 return self._say("gap", days=f"{(moment - previous).total_seconds() / 86400:.1f}",
-                                           start=day_zero.day_of(previous), end=day_zero.day_of(moment))
+                                 start=day_zero.day_of(previous), end=day_zero.day_of(moment))
             previous = max(previous, moment)
         return None
 
@@ -296,7 +292,7 @@ class PhasedRule:
             longest = max(runs, key=lambda r: (r.days, -r.first_day))
             grade = max((g for g, days in level.grades if longest.days >= days), default=0)
             text = self._say("run_continuing" if longest.continuing else "run", threshold=level.threshold, days=longest.days,
-                first=longest.first_day, last=longest.last_day)
+                             first=longest.first_day, last=longest.last_day)
             out.append((grade, text, longest.values))
         return out
 
@@ -304,7 +300,7 @@ class PhasedRule:
         """Values after the phase's last day that can continue a run: up to the first gap longer than the
         maximum (a run is never bridged over missing data)."""
         kept: list[Measurement] = []
-        previous = end
+        previous = max((m.time for m in series if m.time < end), default=end)
         for m in series:
             if m.time < end or m.time > as_of:
                 continue
@@ -352,19 +348,24 @@ def _clipped(run: Run, last_day: int) -> Run:
 def find_runs(values: tuple[Measurement, ...], threshold: float, recovery_days: int, day_zero: DayZero) -> list[Run]:
     """Runs of a time-ordered series at or below `threshold`, by calendar day after infusion (a day with
     any value at or below it counts as a day below). A run ends only at a stable recovery: values above the
-    threshold on `recovery_days` distinct days with none at or below in between."""
+    threshold spanning at least `recovery_days` days (first to last such day) before the next value below;
+    with daily values, that many days in a row."""
     runs: list[Run] = []
     first = last = None
     members: list[Measurement] = []
-    above_days: set[int] = set()
-    pending: list[Measurement] = []  # values above since the run's last value below
+    above: tuple[int, int] | None = None  # first and last day above since the run's last day below
+    pending: list[Measurement] = []  # the values above of that stretch
     by_day: dict[int, list[Measurement]] = {}
     for m in values:
         by_day.setdefault(day_zero.day_of(m.time), []).append(m)
+
+    def recovered() -> bool:
+        return above is not None and above[1] - above[0] + 1 >= recovery_days
+
     for day in sorted(by_day):
         day_values = by_day[day]
         if min(m.value for m in day_values) <= threshold:
-            if first is not None and len(above_days) >= recovery_days:
+            if first is not None and recovered():
                 runs.append(Run(threshold, first, last, tuple(members), False))
                 first = None
             if first is None:
@@ -373,10 +374,10 @@ def find_runs(values: tuple[Measurement, ...], threshold: float, recovery_days: 
                 members += pending
             members += day_values
             last = day
-            above_days, pending = set(), []
+            above, pending = None, []
         elif first is not None:
-            above_days.add(day)
+            above = (day, day) if above is None else (above[0], day)
             pending += day_values
     if first is not None:
-        runs.append(Run(threshold, first, last, tuple(members), len(above_days) < recovery_days))
+        runs.append(Run(threshold, first, last, tuple(members), not recovered()))
     return runs

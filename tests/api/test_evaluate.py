@@ -74,7 +74,9 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     assert list(document) == ["cards"]
     # CRS grade 2 and ICANS grade 1 (ICE 8 since day 4 22:00): the CRS card comes first and carries the one plan;
     # then the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg at 6 Mar 20:05).
-    assert [c["source"]["topic"]["code"] for c in document["cards"]] == ["crs-grade-astct", "icans-grade-astct", "glucocorticoid-exposure"]
+    # Early ICAHT (ANC <= 0.5 since day 1: grade 1 so far) ranks with ICANS grade 1, in rule-file order.
+    assert [c["source"]["topic"]["code"] for c in document["cards"]] == ["crs-grade-astct", "icaht-grade", "icans-grade-astct",
+                                                                         "glucocorticoid-exposure"]
     card = document["cards"][0]
 
     # Current grade 2 (fever + nasal cannula O2) over the last 24 h; grade 3 earlier (norepinephrine).
@@ -146,7 +148,7 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     assert bundle["type"] == "collection"
     assert uuid.UUID(bundle["id"])
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["RiskAssessment", "RiskAssessment", "RiskAssessment", "CarePlan", "OperationOutcome"]
+    assert types == ["RiskAssessment", "RiskAssessment", "RiskAssessment", "RiskAssessment", "CarePlan", "OperationOutcome"]
     for entry in bundle["entry"]:
         assert entry["fullUrl"] == f"urn:uuid:{entry['resource']['id']}"
         assert uuid.UUID(entry["resource"]["id"])
@@ -228,7 +230,7 @@ def test_card_actions_carry_the_bundle_resources(post_evaluate, small_bundle):
     actions = cards[0]["suggestions"][0]["actions"]
     assert actions[0]["resource"] == _risk_assessment(bundle)
     assert actions[1]["resource"] == _care_plan(bundle)
-    (icans_action,) = cards[1]["suggestions"][0]["actions"]
+    (icans_action,) = cards[2]["suggestions"][0]["actions"]
     assert icans_action["resource"] == _risk_assessment(bundle, "icans-grade-astct")
 
 

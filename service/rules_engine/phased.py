@@ -256,9 +256,9 @@ class PhasedRule:
             candidates += confirmed
             notes += unconfirmed
         graded = [c for c in candidates if c[0] > 0]
-        if not graded:
-            quiet = [c[1] for c in candidates]  # each criterion's grade-0 words
-            return self._result(phase, 0, start, end, tuple(quiet), values, notes=tuple(notes))
+        if not graded:  # the criteria that found something below a threshold, else the first one's words
+            quiet = tuple(c[1] for c in candidates if c[2]) or (candidates[0][1],)
+            return self._result(phase, 0, start, end, quiet, values, notes=tuple(notes))
         top = max(c[0] for c in graded)
         ordered = sorted(graded, key=lambda c: c[0] != top)  # the criterion that set the grade first, rule order kept
         evidence = tuple(dict.fromkeys(f for c in ordered for f in c[2]))

@@ -21,6 +21,7 @@ from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
 from service.rules_engine.model import Finding, MetricsFinding, Reason
 from service.rules_engine.regimen import RegimenFinding
+from service.rules_engine.phased import PhasedFinding
 from service.timeline.facts import Fact, Measurement, Timeline
 
 SUMMARY_LIMIT = 140
@@ -35,7 +36,7 @@ OVERRIDE_REASONS = (
 
 @dataclass(frozen=True)
 class CardInput:
-    finding: Finding | MetricsFinding | RegimenFinding
+    finding: Finding | MetricsFinding | PhasedFinding | RegimenFinding
     risk_assessment: dict[str, Any]
     plan: CombinedPlan | None  # the patient's one plan (every finding's), or None when nothing is recommended
     care_plan: dict[str, Any] | None  # its CarePlan resource
@@ -238,6 +239,33 @@ def _regimen_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> t
     return head, tail
 
 
+def _phased_parts(item: CardInput, timeline: Timeline, terms: Terminology) -> tuple[list[Markdown], list[Markdown]]:
+    """A phased finding: the worst phase's headline, each phase's grade and why, the values that set the grades."""
+    finding: PhasedFinding = item.finding
+    head: list[Markdown] = [paragraph(strong(md("{}", finding.headline(finding.worst))))]
+    lines = []
+    for phase in finding.phases:
+        why = phase.why if phase.grade is not None else phase.missing
+        lines.append(md("{} ({}): {} — {}", phase.label[:1].upper() + phase.label[1:], phase.period, grade_text(phase.grade), "; ".join(why)))
+    head.append(bullet_list(lines))
+    tail: list[Markdown] = []
+    evidence = []
+    for phase in finding.phases:
+        if phase.grade and phase.evidence:
+            values = sorted(phase.evidence, key=lambda f: f.time)
+            shown = [values[0], values[-1]] if len(values) > 1 else values
+            lowest = min(values, key=lambda f: f.value)
+            if lowest not in shown:
+                shown.insert(1, lowest)
+            evidence.append(md("{}: {} — {}", phase.label[:1].upper() + phase.label[1:],
+                               ", ".join(fact_text(f, timeline, terms) for f in shown), _sources(shown)))
+    if evidence:
+        tail += [paragraph(md("{} (times {})", strong("Evidence"), timeline.offset_label)), bullet_list(evidence[:EVIDENCE_LINES])]
+    if finding.notes:
+        tail.append(bullet_list(md("Noted: {}", note) for note in finding.notes))
+    return head, tail
+
+
 def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
     finding = item.finding
     head, tail = _KINDS[finding.kind].parts(item, timeline, terms)
@@ -301,6 +329,9 @@ _KINDS: dict[str, _CardKind] = {
     "metrics": _CardKind(
         shows=lambda f: bool(f.evidence), summary=lambda f: _short(f.summary(recent=True)), indicator=_metrics_indicator,
         state=lambda f: f.rule.words[f.outcome or "not-assessable"], parts=_metrics_parts, caveat=lambda f: f.rule.caveat),
+    "phased": _CardKind(
+        shows=lambda f: (f.level or 0) >= 1, summary=lambda f: _short(f.headline(f.worst)), indicator=lambda f: indicator(f.level),
+        state=lambda f: grade_text(f.level), parts=_phased_parts, caveat=lambda f: f.rule.caveat),
 }
 
 

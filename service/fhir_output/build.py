@@ -24,6 +24,7 @@ from service.rules_engine.care_plan import CombinedPlan
 from service.rules_engine.management import BLOCKED, CONDITIONAL, GIVE_NOW, PlannedAction
 from service.rules_engine.model import Finding, GradeResult, MetricsFinding
 from service.rules_engine.regimen import RegimenFinding
+from service.rules_engine.phased import PhasedFinding, PhaseResult
 from service.timeline.facts import Fact, InputNote, Timeline
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -64,7 +65,7 @@ def subject_of(timeline: Timeline) -> dict[str, str]:
     return {"display": "Patient not identified in the request"}
 
 
-def risk_assessment(finding: Finding | MetricsFinding | RegimenFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
+def risk_assessment(finding: Finding | MetricsFinding | PhasedFinding | RegimenFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
                     management_guideline: str, terms: Terminology) -> dict[str, Any]:
     """The finding's RiskAssessment, by its kind's profile."""
     return _RISK_ASSESSMENT_BY_KIND[finding.kind](finding, timeline, config, resource_id, management_guideline, terms)
@@ -268,6 +269,62 @@ def _metrics_notes(finding: MetricsFinding) -> list[str]:
     return notes
 
 
+def _phased_risk_assessment(finding: PhasedFinding, timeline: Timeline, config: OutputConfig, resource_id: str,
+                            management_guideline: str, terms: Terminology) -> dict[str, Any]:
+    """Profile cartox-phased-risk-assessment: one prediction per phase of the rule, in rule order (ICAHT:
+    prediction[0] early, prediction[1] late), each with the phase's period and the values it rests on in basis."""
+    rule = finding.rule
+    cs = config.codesystem
+    extensions = [
+        {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
+        {"url": config.profile("guideline-version"), "valueString": management_guideline},
+    ] + [{"url": config.profile("missing-data"), "valueString": f"{p.label}: {text}"} for p in finding.phases for text in p.missing]
+    notes = [{"text": rule.caveat}] if rule.caveat else []
+    if not finding.day_zero_known:
+        notes.append({"text": "Day 0 (CAR-T infusion) unknown: no phase can be placed, so none is assessable."})
+    resource: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": resource_id,
+        "meta": {"profile": [config.profile(rule.profile)]},
+        "extension": extensions,
+        "status": "final",
+        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
+        "subject": subject_of(timeline),
+        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
+        "method": {
+            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
+            "text": (f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); "
+                     f"grading guideline {rule.guideline_id}: {rule.guideline_citation}"),
+        },
+        "prediction": [_phase_prediction(finding, phase, config, timeline) for phase in finding.phases],
+    }
+    if notes:
+        resource["note"] = notes
+    basis = _basis(finding.evidence)
+    if basis:
+        resource["basis"] = basis
+    return resource
+
+
+def _phase_prediction(finding: PhasedFinding, phase: PhaseResult, config: OutputConfig, timeline: Timeline) -> dict[str, Any]:
+    rule = finding.rule
+    prediction: dict[str, Any] = {
+        "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if phase.incomplete else "complete"},
+                      {"url": config.profile("grading-scale"), "valueCode": rule.guideline_id}],
+        "outcome": {
+            "coding": [{"system": config.codesystem, "code": grade_code(phase.grade), "display": grade_text(phase.grade).capitalize()}],
+            "text": f"{rule.name} {phase.label} {grade_text(phase.grade)} ({phase.period})",
+        },
+        "rationale": "; ".join(phase.why + phase.notes) if phase.grade is not None else "Cannot assess: " + "; ".join(phase.missing),
+    }
+    if phase.start is not None:  # a phase not yet reached has only its start (an open period)
+        period = {"start": timeline.fhir_time(phase.start)}
+        if phase.end is not None:
+            period["end"] = timeline.fhir_time(phase.end)
+        prediction["whenPeriod"] = period
+    return prediction
+
+
 def _prediction(finding: Finding, result: GradeResult, config: OutputConfig, label: str,
                 start: datetime, timeline: Timeline, terms: Terminology) -> dict[str, Any]:
     words = finding.rule.presentation
@@ -430,7 +487,7 @@ def valid_medication_request(resource: dict[str, Any], patient: str | None) -> d
 
 
 _RISK_ASSESSMENT_BY_KIND = {"grading": _grading_risk_assessment, "metrics": _metrics_risk_assessment,
-                            "regimen": _regimen_risk_assessment}
+                            "regimen": _regimen_risk_assessment, "phased": _phased_risk_assessment}
 _VALIDATORS = {"RiskAssessment": RiskAssessment, "CarePlan": CarePlan, "OperationOutcome": OperationOutcome}
 
 

@@ -313,6 +313,9 @@ def check(case: Case, outcome: Outcome, graded_rule: str) -> None:
         "care_plan": lambda v: _check_care_plan(outcome, v),
         "card_order": lambda v: _expect_equal("card order", [c["source"]["topic"]["code"] for c in outcome.cards], v),
         "regimen": lambda v: _check_regimen(outcome, case.rule, v),
+        "phases": lambda v: [_expect_equal(f"{name} grade", _grade(_phase(finding(), name).grade), grade) for name, grade in v.items()],
+        "phase_reasons_include": lambda v: [_include_text(f"{name} reasons", _phase(finding(), name).why + _phase(finding(), name).missing, texts)
+                                            for name, texts in v.items()],
     }
     for key, value in expect.items():
         if key == "error":
@@ -342,22 +345,28 @@ def _check_regimen(outcome: Outcome, rule: str, expected: Mapping[str, Any]) -> 
         if key not in checks:
             raise CaseFailure(f"unknown regimen expectation {key!r}")
         checks[key](value)
+def _phase(finding, name: str):
+    """A phased finding's phase by name."""
+    for phase in getattr(finding, "phases", ()):
+        if phase.name == name:
+            return phase
+    raise CaseFailure(f"no phase {name!r} in the finding of {finding.rule.rule_id}")
 
 
 def _evidence(finding, everything: bool = False) -> tuple[Any, ...]:
-    """The facts a finding rests on: a grade's current window (and the maximum's, with `everything`), or the
-    doses a metrics finding counted."""
-    if finding.kind == "metrics":
+    """The facts a finding rests on: a grade's current window (and the maximum's, with `everything`), the
+    doses a metrics finding counted, or the values a phased finding's grades rest on."""
+    if finding.kind != "grading":
         return finding.evidence
     return finding.current.evidence + (finding.maximum.evidence if everything else ())
 
 
 def _missing(finding) -> tuple[str, ...]:
-    return finding.missing if finding.kind == "metrics" else finding.current.missing
+    return finding.missing if finding.kind != "grading" else finding.current.missing
 
 
 def _notes(finding) -> tuple[str, ...]:
-    return finding.notes if finding.kind == "metrics" else finding.current.notes + finding.maximum.notes
+    return finding.notes if finding.kind != "grading" else finding.current.notes + finding.maximum.notes
 
 
 def _check_metrics(finding, expected: Mapping[str, Any]) -> None:

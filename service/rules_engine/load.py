@@ -22,6 +22,7 @@ from service.rules_engine.metrics import MetricsRule
 from service.rules_engine.model import Finding, MetricsFinding
 from service.rules_engine.orders import OrderCheckRule, OrderResult
 from service.rules_engine.regimen import RegimenFinding, RegimenRule
+from service.rules_engine.phased import PhasedFinding, PhasedRule
 from service.timeline.facts import Timeline
 
 CONCEPTS_FILE = "concepts.yaml"
@@ -76,7 +77,7 @@ def case_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    findings: tuple[Finding | MetricsFinding | RegimenFinding, ...]  # in rule-file order
+    findings: tuple[Finding | MetricsFinding | PhasedFinding | RegimenFinding, ...]  # in rule-file order
     plans: tuple[Plan, ...]  # one per management rule with something to recommend
     care_plan: CombinedPlan | None  # the plans merged: the patient's one CarePlan
 
@@ -89,7 +90,7 @@ class _State:
         self.terminology = terminology
         self.version = version
         self.guideline = guideline
-        self.findings: dict[str, Finding | MetricsFinding | RegimenFinding] = {}
+        self.findings: dict[str, Finding | MetricsFinding | PhasedFinding | RegimenFinding] = {}
         self.histories: dict[str, Any] = {}
         self.plans: list[Plan] = []
         self.care_plan: CombinedPlan | None = None
@@ -111,6 +112,8 @@ def _run_regimen(rule: RegimenRule, state: _State) -> None:
     state.findings[rule.rule_id] = finding
     if plan is not None:
         state.plans.append(plan)
+def _run_phased(rule: PhasedRule, state: _State) -> None:
+    state.findings[rule.rule_id] = rule.assess(state.timeline, state.terminology, state.version)
 
 
 def _run_management(rule: ManagementRule, state: _State) -> None:
@@ -159,6 +162,11 @@ RULE_KINDS: dict[str, RuleKind] = {
         reads=_declared_reads,
         run=_run_regimen,
     ),
+    "phased_grading": RuleKind(
+        compile=lambda document, params, compiler: PhasedRule(document, params, compiler),
+        reads=_declared_reads,
+        run=_run_phased,
+    ),
     "management": RuleKind(
         compile=lambda document, params, compiler: ManagementRule(document, compiler),
         reads=lambda rule, document: (rule.applies_to, *document.get("reads", ())),
@@ -178,7 +186,7 @@ RULE_KINDS: dict[str, RuleKind] = {
 }
 
 
-FINDING_KINDS = ("grading", "metrics", "regimen")  # the kinds whose findings become RiskAssessments and cards
+FINDING_KINDS = ("grading", "metrics", "phased_grading", "regimen")  # the kinds whose findings become RiskAssessments
 
 
 @dataclass(frozen=True)
@@ -332,7 +340,7 @@ def load_rule_set(
         raise RulesError(str(directory), f"overrides name unknown rules {sorted(unknown)}")
     if any(c.kind == "management" for c in compiled) and sum(c.kind == "care_plan" for c in compiled) != 1:
         raise RulesError(str(directory), "management rules need exactly one care_plan rule (how their plans merge)")
-    graded = {c.rule_id: c.rule for c in compiled if c.kind in ("grading", "metrics")}
+    graded = {c.rule_id: c.rule for c in compiled if c.kind in FINDING_KINDS}
     for rule in (c.rule for c in compiled if c.kind == "management"):
         if rule.applies_to not in graded:
             raise RulesError(rule.rule_id, f"applies_to names unknown grading or metrics rule {rule.applies_to!r}")

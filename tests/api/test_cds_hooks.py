@@ -132,11 +132,13 @@ def test_call_with_prefetch_gives_the_crs_card(call, prefetch, find_empty):
     response = call(_hook_request(prefetch))
     assert response.headers["Access-Control-Allow-Origin"]
     cards = _cards(response)
-    # CRS grade 2 carries the one plan; then neutropenia grade 3 after lymphodepletion (critical), ICANS grade 1
-    # (ICE 8) and the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg reached at
+    # CRS grade 2 carries the one plan; then neutropenia grade 4 after lymphodepletion (critical), early ICAHT
+    # (ANC <= 0.5 since day 5: grade 1 so far), ICANS grade 1 (ICE 8; same indicator and grade: rule-file order)
+    # and the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg reached at
     # 6 Mar 20:05, in the last 24 h: a warning)
     assert [c["source"]["topic"]["code"] for c in cards] == [
-        "crs-grade-astct", "neutropenia-grade-ctcae", "icans-grade-astct", "glucocorticoid-exposure"]
+        "crs-grade-astct", "neutropenia-grade-ctcae", "icaht-grade", "icans-grade-astct", "glucocorticoid-exposure"]
+    assert cards[2]["summary"].startswith("ICAHT early grade 1: ANC ≤ 0.5 x10^9/L for ")
     card = cards[0]
     assert card["indicator"] == "warning"
     assert "CRS grade 2" in card["summary"] and len(card["summary"]) < 140
@@ -308,7 +310,7 @@ def test_service_still_answers_after_errors(call, client, prefetch):
     for body in (b"[", _hook_request(None), _hook_request(prefetch, hook="order-select")):
         assert 400 <= call(body).status_code < 500
     assert client.get("/healthz").status_code == 200
-    assert len(_cards(call(_hook_request(prefetch)))) == 4  # CRS, neutropenia, ICANS, glucocorticoid exposure
+    assert len(_cards(call(_hook_request(prefetch)))) == 5  # CRS, neutropenia, ICAHT, ICANS, glucocorticoid exposure
 
 
 # --------------------------------------------------------------------------------------------------

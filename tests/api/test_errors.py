@@ -163,8 +163,8 @@ def test_wrong_type_in_a_resource_type_the_rules_do_not_use_is_ignored(post_eval
     assert ra["prediction"][0]["outcome"]["coding"][0]["code"] == "grade-2"
     # The cards answer of the same request works too.
     cards = _outcome(post_evaluate(small_bundle))["cards"]
-    # CRS grade 2, neutropenia grade 3, ICANS grade 1, > 35 mg dexamethasone-equivalent
-    assert [c["indicator"] for c in cards] == ["warning", "critical", "warning", "warning"]
+    # CRS grade 2, neutropenia grade 4, early ICAHT grade 1 so far, ICANS grade 1, > 35 mg dexamethasone-equivalent
+    assert [c["indicator"] for c in cards] == ["warning", "critical", "warning", "warning", "warning"]
 
 
 # --------------------------------------------------------------------------------------------------

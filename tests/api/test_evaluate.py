@@ -73,10 +73,11 @@ def test_cards_response_for_the_generated_patient(card_text, post_evaluate, smal
     document = orjson.loads(response.get_data())
     assert list(document) == ["cards"]
     # CRS grade 2 and ICANS grade 1 (ICE 8 since day 4 22:00): the CRS card comes first and carries the one plan;
-    # then neutropenia grade 3 after lymphodepletion and the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4:
-    # 40 mg, more than 35 mg at 6 Mar 20:05).
+    # then neutropenia grade 4 after lymphodepletion, early ICAHT (grade 1 so far; ranks with ICANS grade 1, in
+    # rule-file order) and the glucocorticoid exposure (dexamethasone 10 mg q6h on day 4: 40 mg, more than 35 mg at
+    # 6 Mar 20:05).
     assert [c["source"]["topic"]["code"] for c in document["cards"]] == [
-        "crs-grade-astct", "neutropenia-grade-ctcae", "icans-grade-astct", "glucocorticoid-exposure"]
+        "crs-grade-astct", "neutropenia-grade-ctcae", "icaht-grade", "icans-grade-astct", "glucocorticoid-exposure"]
     card = document["cards"][0]
 
     # Current grade 2 (fever + nasal cannula O2) over the last 24 h; grade 3 earlier (norepinephrine).
@@ -148,7 +149,7 @@ def test_fhir_bundle_response(post_evaluate, small_bundle, how):
     assert bundle["type"] == "collection"
     assert uuid.UUID(bundle["id"])
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["RiskAssessment"] * 7 + ["CarePlan", "OperationOutcome"]  # one per finding rule, then the plan
+    assert types == ["RiskAssessment"] * 8 + ["CarePlan", "OperationOutcome"]  # one per finding rule, then the plan
     for entry in bundle["entry"]:
         assert entry["fullUrl"] == f"urn:uuid:{entry['resource']['id']}"
         assert uuid.UUID(entry["resource"]["id"])

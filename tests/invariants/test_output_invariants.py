@@ -39,8 +39,10 @@ CYTOPENIA = {"anemia-grade-ctcae": "anemia-ctcae", "thrombocytopenia-grade-ctcae
              "neutropenia-grade-ctcae": "neutropenia-ctcae"}
 EXPOSURE = "glucocorticoid-exposure"  # the metrics finding
 REGIMEN = "pht-status"  # the regimen finding (prednisone for prolonged hematologic toxicity)
+ICAHT = "icaht-grade"  # the phased finding: early and late ICAHT
 PROFILE_OF = {CRS: "cartox-risk-assessment", ICANS: "cartox-risk-assessment", EXPOSURE: "cartox-glucocorticoid-exposure",
-              **dict.fromkeys(CYTOPENIA, "cartox-risk-assessment"), REGIMEN: "cartox-regimen-status"}
+              **dict.fromkeys(CYTOPENIA, "cartox-risk-assessment"), REGIMEN: "cartox-regimen-status",
+              ICAHT: "cartox-phased-risk-assessment"}
 EXPOSURE_OUTCOMES = {"high-exposure", "low-exposure", "no-exposure", "not-assessable"}
 GLUCOCORTICOIDS = {"3264", "6902", "8640", "8638", "5492"}  # RxNorm ingredients: dexamethasone ... hydrocortisone
 NOTE_CODES = {"ignored-resource-type", "ignored-code", "ignored-status", "flagged-status", "flagged-duplicate",
@@ -202,8 +204,8 @@ def test_bundle_shape(result):
     bundle = result.bundle
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    # one per finding rule: the grading rules, the glucocorticoid exposure metrics and the prednisone regimen
-    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, *CYTOPENIA, EXPOSURE, REGIMEN])
+    # one per finding rule: the grading rules, the glucocorticoid exposure metrics, ICAHT and the prednisone regimen
+    assert sorted(_assessment_code(r) for r in result.of_type("RiskAssessment")) == sorted([*RULE_OF, *CYTOPENIA, EXPOSURE, ICAHT, REGIMEN])
     assert types.count("OperationOutcome") == 1
     assert types.count("CarePlan") <= 1
     assert types[-1] == "OperationOutcome"
@@ -422,6 +424,8 @@ def test_grade_0_has_no_card_and_other_findings_one(result):
     exposure = result.assessment(EXPOSURE)
     if exposure.get("basis"):  # glucocorticoids counted: a card with the totals
         carded.append(EXPOSURE)
+    if _icaht_worst(result.assessment(ICAHT)) >= 1:  # a phase of grade 1 or more
+        carded.append(ICAHT)
     assert sorted(card["source"]["topic"]["code"] for card in result.cards) == sorted(carded)
 
 
@@ -433,8 +437,40 @@ def test_indicator_matches_grade(result):
         if code in (EXPOSURE, REGIMEN):  # information, or a warning (a threshold first reached; a state asking for action)
             assert card["indicator"] in ("info", "warning")
             continue
+        if code == ICAHT:  # by the worst phase
+            assert card["indicator"] == expected[f"grade-{_icaht_worst(result.assessment(ICAHT))}"]
+            continue
         grade = _grade(result.assessment(code)["prediction"][0])
         assert card["indicator"] == expected[grade]
+
+
+def _icaht_worst(ra: dict[str, Any]) -> int:
+    return max((int(code[-1]) for code in map(_grade, ra["prediction"]) if code.startswith("grade-")), default=-1)
+
+
+def test_icaht_risk_assessment(result):
+    """prediction[0] early ICAHT (day 0-30), prediction[1] late (from day 31), each with its period and scale;
+    basis only the neutrophil counts sent; not-assessable always incomplete with the reason said."""
+    ra = result.assessment(ICAHT)
+    early, late = ra["prediction"]
+    sent = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in result.input_bundle["entry"]}
+    for basis in ra.get("basis", []):
+        resource = sent[basis["reference"]]
+        assert resource["resourceType"] == "Observation" and resource["code"]["coding"][0]["code"] == "751-8"
+    for prediction in (early, late):
+        assert _grade(prediction) in GRADE_CODES - {"grade-5"}
+        assert _extensions(prediction, "grading-scale") == ["EHA-EBMT-2023"]
+        if _grade(prediction) == "not-assessable":
+            assert _extensions(prediction, "data-completeness") == ["incomplete"]
+            assert prediction["rationale"].startswith("Cannot assess: ")
+    if result.scenario.infusion is None:
+        assert "whenPeriod" not in early and _grade(early) == _grade(late) == "not-assessable"
+        return
+    assert _time(early["whenPeriod"]["start"]) == _time(result.scenario.infusion)
+    assert _time(early["whenPeriod"]["end"]) <= _time(result.scenario.as_of)
+    # every scenario is before day 31: the late phase is not reached, its period only starts
+    assert _grade(late) == "not-assessable" and "not yet reached" in late["rationale"]
+    assert set(late["whenPeriod"]) == {"start"} and _time(late["whenPeriod"]["start"]) > _time(result.scenario.as_of)
 
 
 def test_glucocorticoid_exposure_risk_assessment(result):

@@ -106,6 +106,8 @@ def test_directory_has_the_expected_resources():
         "StructureDefinition-glucocorticoid-threshold.json",
         "ValueSet-glucocorticoid-exposure-outcome.json",
         "ValueSet-glucocorticoid-threshold.json",
+        # phased grading (ICAHT)
+        "StructureDefinition-cartox-phased-risk-assessment.json",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -164,6 +166,7 @@ def test_profiles_are_resource_constraints_on_core():
     assert {d["id"]: d["type"] for _, d in profiles} == {
         "cartox-risk-assessment": "RiskAssessment",
         "cartox-glucocorticoid-exposure": "RiskAssessment",
+        "cartox-phased-risk-assessment": "RiskAssessment",
         "cartox-care-plan": "CarePlan",
         "cartox-oxygen-device-observation": "Observation",
         "cartox-car-t-infusion": "MedicationAdministration",
@@ -194,7 +197,7 @@ TAPER_CONDITIONS = ("glucocorticoid-running", "crs-grade-1-or-lower", "icans-gra
 
 # The only codes that are not lower-case kebab-case: the grading scales, whose codes are the guideline ids
 # of the grading rules (the service sends rule.guideline_id in the grading-scale extension).
-GRADING_SCALES = {"ASTCT-2019", "CTCAE-5.0"}
+GRADING_SCALES = {"ASTCT-2019", "CTCAE-5.0", "EHA-EBMT-2023"}
 
 
 def test_codesystem_concepts_are_unique_and_defined():
@@ -209,7 +212,7 @@ def test_codesystem_concepts_are_unique_and_defined():
         assert c.get("display") and c.get("definition"), c["code"]
         assert "concept" not in c, f"{c['code']}: the code system is flat"
         if c["code"] in GRADING_SCALES:
-            assert re.fullmatch(r"[A-Z]+-[0-9]+(\.[0-9]+)*", c["code"]), c["code"]
+            assert re.fullmatch(r"[A-Z]+(-[A-Z]+)*-[0-9]+(\.[0-9]+)*", c["code"]), c["code"]
         else:
             assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", c["code"]), c["code"]
 
@@ -217,7 +220,7 @@ def test_codesystem_concepts_are_unique_and_defined():
 def test_codesystem_has_the_codes_the_service_relies_on():
     codes = {c["code"] for c in _codesystem()["concept"]}
     required = {
-        "crs-grade-astct", "icans-grade-astct", *GRADING_SCALES,
+        "crs-grade-astct", "icans-grade-astct", "icaht-grade", *GRADING_SCALES,
         "grade-0", "grade-1", "grade-2", "grade-3", "grade-4", "grade-5", "not-assessable",
         "oxygen-delivery-device", "ice-total", "ice-orientation", "ice-naming", "ice-commands",
         "ice-writing", "ice-attention", "capd-total", "loc-astct",
@@ -290,7 +293,7 @@ def test_valueset_contents():
     assert codes("astct-grade") == {(cartox, f"grade-{n}") for n in range(6)} | {
         (cartox, "not-assessable")}
     assert codes("cartox-care-activity") == {(cartox, c) for c in CARE_ACTIVITIES}
-    assert codes("cartox-grading-assessment") == {(cartox, "crs-grade-astct"), (cartox, "icans-grade-astct")}
+    assert codes("cartox-grading-assessment") == {(cartox, "crs-grade-astct"), (cartox, "icans-grade-astct"), (cartox, "icaht-grade")}
     assert codes("glucocorticoid-exposure-outcome") == {(cartox, c) for c in GLUCOCORTICOID_OUTCOMES}
     assert codes("glucocorticoid-threshold") == {(cartox, c) for c in GLUCOCORTICOID_THRESHOLDS}
     assert codes("grading-scale") == {(cartox, c) for c in GRADING_SCALES}

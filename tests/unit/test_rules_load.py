@@ -49,7 +49,7 @@ def _rules_error(directory: Path, **kwargs) -> RulesError:
 def test_shipped_rule_set_loads(rule_set):
     assert [rule.info.rule_id for rule in rule_set.grading] == [
         "anemia-ctcae", "crs-astct", "icans-astct", "neutropenia-ctcae", "thrombocytopenia-ctcae"]
-    assert rule_set.finding_rules == ["anemia-ctcae", "crs-astct", "glucocorticoid-exposure", "icans-astct",
+    assert rule_set.finding_rules == ["anemia-ctcae", "crs-astct", "glucocorticoid-exposure", "icaht-eha-ebmt", "icans-astct",
                                       "neutropenia-ctcae", "prednisone-pht", "thrombocytopenia-ctcae"]  # rule-file order
     assert rule_set.management["crs-management"].applies_to == "crs-astct"
     assert rule_set.management["icans-management"].applies_to == "icans-astct"
@@ -206,19 +206,24 @@ def _febrile_timeline(terminology):
     return build_timeline(entries_from_bundle(decoded.entries), terminology, AS_OF, BuildOptions(), decoded.ignored_types)
 
 
+def _finding_summary(f):
+    """What a finding says, by its kind."""
+    if f.kind == "grading":
+        return (f.rule.rule_id, f.rule.rule_version, f.current.grade, f.maximum.grade, f.onset, f.onset_day, f.atypical_onset,
+                tuple(r.criterion for r in f.current.reasons), tuple(e.source for e in f.current.evidence),
+                f.current.missing, f.current.notes, tuple(sorted(f.rule.outcome_codes.items())))
+    if f.kind == "metrics":
+        return (f.rule.rule_id, f.rule.rule_version, f.outcome, tuple((m.name, m.value) for m in f.metrics.values()),
+                tuple(t.code for t in f.reached), tuple(e.source for e in f.evidence))
+    if f.kind == "regimen":
+        return (f.rule.rule_id, f.rule.rule_version, f.state, f.dose_mg, tuple((s.state, s.time) for s in f.steps))
+    return (f.rule.rule_id, f.rule.rule_version, tuple((p.name, p.grade, p.why, p.missing) for p in f.phases),
+            tuple(e.source for e in f.evidence))
+
+
 def _summary(rule_set, timeline):
     evaluation = rule_set.evaluate(timeline)
-    findings = [
-        (f.rule.rule_id, f.rule.rule_version, f.current.grade, f.maximum.grade, f.onset, f.onset_day, f.atypical_onset,
-         tuple(r.criterion for r in f.current.reasons), tuple(e.source for e in f.current.evidence),
-         f.current.missing, f.current.notes, tuple(sorted(f.rule.outcome_codes.items())))
-        if f.kind == "grading" else
-        (f.rule.rule_id, f.rule.rule_version, f.state, f.dose_mg, tuple((s.state, s.time) for s in f.steps))
-        if f.kind == "regimen" else
-        (f.rule.rule_id, f.rule.rule_version, f.outcome, tuple((m.name, m.value) for m in f.metrics.values()),
-         tuple(t.code for t in f.reached), tuple(e.source for e in f.evidence))
-        for f in evaluation.findings
-    ]
+    findings = [_finding_summary(f) for f in evaluation.findings]
     plans = [(p.rule_id, p.guideline_id, tuple((a.kind, a.code, a.dose_mg, a.description) for a in p.actions))
              for p in evaluation.plans]
     return findings, plans

@@ -108,6 +108,10 @@ def test_directory_has_the_expected_resources():
         "ValueSet-glucocorticoid-threshold.json",
         # phased grading (ICAHT)
         "StructureDefinition-cartox-phased-risk-assessment.json",
+        # the PHT prednisone regimen (regimen finding kind)
+        "StructureDefinition-cartox-regimen-status.json",
+        "ValueSet-pht-state.json",
+        "ValueSet-disease-response-answer.json",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -167,6 +171,7 @@ def test_profiles_are_resource_constraints_on_core():
         "cartox-risk-assessment": "RiskAssessment",
         "cartox-glucocorticoid-exposure": "RiskAssessment",
         "cartox-phased-risk-assessment": "RiskAssessment",
+        "cartox-regimen-status": "RiskAssessment",
         "cartox-care-plan": "CarePlan",
         "cartox-oxygen-device-observation": "Observation",
         "cartox-car-t-infusion": "MedicationAdministration",
@@ -247,6 +252,14 @@ def test_codesystem_has_the_codes_the_service_relies_on():
         # glucocorticoid exposure (metrics kind) and the taper activity with its conditions
         "glucocorticoid-exposure", *GLUCOCORTICOID_OUTCOMES, *GLUCOCORTICOID_THRESHOLDS,
         "taper-glucocorticoids", *TAPER_CONDITIONS,
+        # cytopenia grading, the PHT regimen (states, activities) and its inputs
+        "anemia-grade-ctcae", "thrombocytopenia-grade-ctcae", "neutropenia-grade-ctcae", "pht-status",
+        "monitor", "pht-assess", "surveillance", "standard-support", "candidate", "prednisone-full", "prednisone-half",
+        "taper", "off", "recurrence", "excluded",
+        "pht-standard-support", "monitor-glucose", "monitor-blood-pressure", "prophylaxis-calcium", "prophylaxis-gastric",
+        "prophylaxis-antifungal", "pht-stop-prednisone", "pht-monitor-counts", "pht-no-prednisone",
+        "disease-response", "complete-remission", "partial-response", "stable-disease", "progressive-disease",
+        "clonal-hematopoiesis",
         "input-not-json", "input-not-bundle", "input-bad-parameter",
         "input-unsupported-media-type", "input-body-too-large", "input-wrong-type",
         "input-multiple-patients", "input-invalid-resource", "input-not-acceptable",
@@ -280,7 +293,10 @@ def test_valueset_codes_exist_in_codesystem():
 CARE_ACTIVITIES = (
     "supportive-care", "infection-workup", "alert-icu", "transfer-icu", "salvage-therapy", "weight-based-dosing",
     "alert-neurology", "ice-monitoring", "elevate-head-of-bed", "neurologic-workup", "treat-concurrent-crs",
-    "hyperventilation", "taper-glucocorticoids")
+    "hyperventilation", "taper-glucocorticoids",
+    # the PHT prednisone regimen: support first, monitoring and prophylaxis while on prednisone, stop, exclusion
+    "pht-standard-support", "monitor-glucose", "monitor-blood-pressure", "prophylaxis-calcium", "prophylaxis-gastric",
+    "prophylaxis-antifungal", "pht-stop-prednisone", "pht-monitor-counts", "pht-no-prednisone")
 
 
 def test_valueset_contents():
@@ -293,7 +309,8 @@ def test_valueset_contents():
     assert codes("astct-grade") == {(cartox, f"grade-{n}") for n in range(6)} | {
         (cartox, "not-assessable")}
     assert codes("cartox-care-activity") == {(cartox, c) for c in CARE_ACTIVITIES}
-    assert codes("cartox-grading-assessment") == {(cartox, "crs-grade-astct"), (cartox, "icans-grade-astct"), (cartox, "icaht-grade")}
+    assert codes("cartox-grading-assessment") == {(cartox, code) for code in (
+        "crs-grade-astct", "icans-grade-astct", "icaht-grade", "anemia-grade-ctcae", "thrombocytopenia-grade-ctcae", "neutropenia-grade-ctcae")}
     assert codes("glucocorticoid-exposure-outcome") == {(cartox, c) for c in GLUCOCORTICOID_OUTCOMES}
     assert codes("glucocorticoid-threshold") == {(cartox, c) for c in GLUCOCORTICOID_THRESHOLDS}
     assert codes("grading-scale") == {(cartox, c) for c in GRADING_SCALES}
@@ -467,7 +484,8 @@ def test_care_plan_profile_is_the_merged_plan():
     assert (supporting["min"], supporting["max"]) == (1, "*")
     # the grading findings and the glucocorticoid exposure finding (its de-escalation plan, e.g. the taper)
     assert supporting["type"][0]["targetProfile"] == [f"{BASE}/StructureDefinition/cartox-risk-assessment",
-                                                      f"{BASE}/StructureDefinition/cartox-glucocorticoid-exposure"]
+                                                      f"{BASE}/StructureDefinition/cartox-glucocorticoid-exposure",
+                                                      f"{BASE}/StructureDefinition/cartox-regimen-status"]
     assert "every" in supporting["definition"]
     assert els["CarePlan.title"]["min"] == 1
     reason = els["CarePlan.activity.detail.reasonCode"]

@@ -18,6 +18,14 @@ Two sizes:
   day -5, four body weights, ICE + level of consciousness every 8 hours from
   day 0, 59 MedicationAdministrations: ~4.5 MB of compact JSON, ~5,100
   Observations.  Data run past ``AS_OF`` (as in a full export).
+* ``pht100`` - the ``full`` patient followed to day 100 (``AS_OF_PHT``) with a
+  prolonged hematologic toxicity course instead of the recovering counts:
+  cytopenia persisting at day 28 after G-CSF (days 14-25) and platelet
+  transfusions (days 14, 18, 22, 25), complete remission at day 28, low-dose
+  prednisone 40 mg/day from day 31 halved on day 44 and tapered weekly to a
+  stop on day 65, recurrence on day 77, re-treatment from day 78 halved on day 95; after day
+  29 vitals every 8 h, blood counts three times a week and weekly weights
+  (~5.3 MB).
 * ``small`` - the same patient cut to ~110 KB, ending at ``AS_OF``: every
   medication given up to ``AS_OF`` (lymphodepletion, day-0 CAR-T, CRS
   treatment, norepinephrine infusion), the 36 hours of vitals/oxygen before
@@ -76,7 +84,9 @@ OBS_CATEGORY_DISPLAY = {"vital-signs": "Vital Signs", "laboratory": "Laboratory"
 CARTOX_CS = "http://cartox.example.org/fhir/CodeSystem/cartox"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
-SIZES = ("full", "small")
+SIZES = ("full", "small", "pht100")
+#: Evaluation instant of the ``pht100`` variant: day 100 12:00, on prednisone again after the recurrence.
+AS_OF_PHT = _DAY0_MIDNIGHT + dt.timedelta(days=100, hours=12)
 
 # Small-variant cut (see module docstring); tuned so "small" lands in 90-120 KB.
 SMALL_WINDOW = dt.timedelta(hours=36)
@@ -180,6 +190,7 @@ LOC_ALERT = coding(CARTOX_CS, "alert", "Alert")
 
 ROUTE_IV = coding(SNOMED, "47625008", "Intravenous route")
 ROUTE_PO = coding(SNOMED, "26643006", "Oral route")
+ROUTE_SC = coding(SNOMED, "34206005", "Subcutaneous route")
 
 
 class Lab:
@@ -241,6 +252,22 @@ LABS: tuple[Lab, ...] = (
         3.5, 5.1, 1, [(-5, 4.1), (29, 4.1)], 0.04),
 )
 CRS_EXTRA_LABS = ("1988-5", "2276-4")  # repeated at 18:00 on days 2-6
+
+# The pht100 variant: counts that stay low after day 28 and respond to prednisone (seed S001's course): the
+# morning values of hemoglobin, platelets, neutrophils and leukocytes replace the recovering ones above.
+PHT_COUNTS: dict[str, Sequence[tuple[float, float]]] = {
+    "718-7": [(-5, 11.8), (0, 11.1), (9, 8.0), (28, 7.6), (38, 7.6), (45, 7.9), (52, 8.5), (59, 9.1), (66, 9.8),
+              (73, 10.3), (80, 9.9), (90, 10.6), (100, 11.2)],
+    "777-3": [(-5, 182), (0, 141), (8, 24), (28, 18), (38, 18.5), (45, 30), (52, 46), (59, 62), (66, 82), (73, 90),
+              (78, 60), (80, 40), (90, 64), (100, 96)],
+    "751-8": [(-5, 3.8), (-1, 1.6), (3, 0.3), (8, 0.05), (28, 0.3), (38, 0.3), (45, 0.62), (52, 0.92), (59, 1.25),
+              (66, 1.6), (73, 1.75), (80, 1.6), (90, 1.9), (100, 2.3)],
+    "6690-2": [(-5, 5.6), (-1, 2.1), (8, 0.4), (28, 1.1), (45, 1.6), (59, 2.3), (66, 2.8), (80, 2.6), (100, 3.6)],
+}
+PHT_LAB_DAYS = (30, 100)  # after day 29: counts on Mondays, Wednesdays and Fridays of the study week (days 0, 2, 4 mod 7)
+# (first day, last day, mg/day): the team follows the regimen's steps (halved on day 44, tapered weekly, stopped on day
+# 65; recurrence on day 77, restarted on day 78 and halved on day 95 once the platelets are a grade better).
+PHT_PREDNISONE: Sequence[tuple[int, int, int]] = ((31, 43, 40), (44, 50, 20), (51, 57, 10), (58, 64, 5), (78, 94, 40), (95, 100, 20))
 
 VITAL_NOTES = (
     "Patient reports chills.",
@@ -600,9 +627,40 @@ class BundleBuilder:
             obs["note"] = [{"text": "Slightly hemolysed sample."}]
         self.add(obs)
 
-    def labs(self) -> None:
+    def pht_course(self) -> None:
+        """Days 0-100 of the pht100 variant after the shared data: counts, support, response, prednisone, weights."""
+        counts = {lab.code: lab for lab in LABS if lab.code in PHT_COUNTS}
+        for day in range(PHT_LAB_DAYS[0], PHT_LAB_DAYS[1] + 1):
+            if day % 7 in (0, 2, 4) or day in (28, 38, 45, 52, 59, 66, 73, 80):
+                for code, lab in counts.items():
+                    self.lab(Lab(lab.code, lab.display, lab.text, lab.unit, lab.ucum, lab.low, lab.high, lab.decimals,
+                                 PHT_COUNTS[code], 0.01), day, 6)
+        for day in range(35, 100, 7):
+            self.vital(WEIGHT, at(day, 9, self.rng.randint(0, 20)), WEIGHT_KG - 1.5, NURSES[0], note_p=0.0)
+        t = at(30, 6)
+        while t <= at(100, 6):
+            self.vital_set(t)
+            t += dt.timedelta(hours=8)
+        for day in range(14, 26, 2):
+            self.med("filgrastim", self.jitter(at(day, 9)), ROUTE_SC, dose=quantity(480, "ug", "ug"))
+        for day in (14, 18, 22, 25):
+            self.med("platelet concentrate", self.jitter(at(day, 12)), ROUTE_IV, dose=quantity(250, "mL", "mL"),
+                     dosage_text="1 apheresis unit")
+        response = self.observation("lab", "laboratory", coding(CARTOX_CS, "disease-response", "Disease response"),
+                                    "Bone marrow response assessment", at(28, 11), 6 * 3600, f"Practitioner/{PHYSICIAN}")
+        response["valueCodeableConcept"] = {"coding": [coding(CARTOX_CS, "complete-remission", "Complete remission")]}
+        self.add(response)
+        for first, last, dose in PHT_PREDNISONE:
+            for day in range(first, last + 1):
+                self.med("prednisone", self.jitter(at(day, 8)), ROUTE_PO, rxnorm=("8640", "prednisone"), dose=mg(dose),
+                         dosage_text="0.5 mg/kg/day orally (PHT regimen)" if dose == 40 else "PHT taper")
+
+    def labs(self, pht: bool = False) -> None:
         for day in range(-5, 30):
             for lab in LABS:
+                if pht and lab.code in PHT_COUNTS:
+                    lab = Lab(lab.code, lab.display, lab.text, lab.unit, lab.ucum, lab.low, lab.high, lab.decimals,
+                              PHT_COUNTS[lab.code], lab.noise)
                 self.lab(lab, day, 6)
             if 2 <= day <= 6:
                 for lab in LABS:
@@ -730,13 +788,15 @@ def generate_bundle(seed: int = 7, size: str = "full") -> dict[str, Any]:
     b.weights()
     b.vitals()
     b.neuro(seed)  # own RNG: does not shift the draws of the other resources
-    b.labs()
+    b.labs(pht=size == "pht100")
     b.medications()
+    if size == "pht100":
+        b.pht_course()
     entries = b.entries
     if size == "small":
         # Cut from the full data so both variants describe the same patient.
         entries = [e for e in entries if _keep_for_small(e["resource"])]
-    exported = at(30, 0, 30) if size == "full" else AS_OF
+    exported = {"full": at(30, 0, 30), "small": AS_OF, "pht100": AS_OF_PHT}[size]
     return {
         "resourceType": "Bundle",
         "id": f"bench-{seed}-{size}",

@@ -177,6 +177,7 @@ class _Run:
         self.start_worst: int | None = None
         self.entry_grades: dict[str, int | None] = {}
         self.steps: list[RegimenStep] = []
+        self.notes: dict[str, None] = {}  # about the current state: kept from the transition into it, and since
 
     def day(self, moment: datetime) -> int | None:
         zero = self.timeline.day_zero
@@ -628,11 +629,10 @@ class RegimenRule:
         return sorted(m for m in moments if (floor is None or m >= floor) and m <= as_of)
 
     def replay(self, timeline: Timeline, lineages: Mapping[str, tuple[LineagePoint, ...]],
-               names: Mapping[str, str]) -> tuple[_Run, dict[str, None]]:
+               names: Mapping[str, str]) -> _Run:
         run = _Run(self, timeline, lineages, names)
-        notes: dict[str, None] = {}
         if timeline.day_zero is None:
-            return run, notes
+            return run
         queue = self._events(run, timeline)
         heapq.heapify(queue)
         seen: set[datetime] = set()
@@ -642,16 +642,19 @@ class RegimenRule:
                 continue
             seen.add(moment)
             for _ in range(len(self.states)):  # chained transitions at one moment, bounded
-                taken = self._take(run, moment, notes)
+                taken = self._take(run, moment)
                 if not taken:
                     break
                 for interval in self.timers:
                     due = moment + interval
                     if due <= timeline.as_of:
                         heapq.heappush(queue, due)
-        return run, notes
+        return run
 
-    def _take(self, run: _Run, moment: datetime, notes: dict[str, None]) -> bool:
+    def _take(self, run: _Run, moment: datetime) -> bool:
+        """The first transition from the current state whose conditions all hold; what a condition noted on the
+        way (e.g. an improvement not counted) stays with the current state, the notes of the transition taken
+        with the state it enters."""
         for transition in self.transitions:
             if transition.sources is not None and run.state not in transition.sources:
                 continue
@@ -659,9 +662,12 @@ class RegimenRule:
                 continue
             reasons: list[str] = []
             evidence: list[Fact] = []
-            if not self.holds(run, transition.when, moment, reasons, evidence, notes):
+            noted: dict[str, None] = {}
+            if not self.holds(run, transition.when, moment, reasons, evidence, noted):
+                run.notes.update(noted)
                 continue
             self._enter(run, transition, moment, tuple(reasons), tuple(evidence))
+            run.notes = noted
             return True
         return False
 
@@ -693,7 +699,8 @@ class RegimenRule:
     def assess(self, timeline: Timeline, histories: Mapping[str, Any], names: Mapping[str, str],
                rule_set_version: str) -> tuple[RegimenFinding, Plan | None]:
         lineages = {name: self._points(histories[name], timeline) for name in self.confounders}
-        run, notes = self.replay(timeline, lineages, names)
+        run = self.replay(timeline, lineages, names)
+        notes = run.notes
         as_of = timeline.as_of
         spec = self.states[run.state]
         warnings: list[str] = []

@@ -161,3 +161,26 @@ def test_every_code_the_regimen_emits_is_defined(post_evaluate, course):
             if resource["resourceType"] == "CarePlan":
                 codings += [c for a in resource["activity"] for c in a["detail"].get("code", {}).get("coding", [])]
             assert {c["code"] for c in codings if c["system"] == CARTOX_CS} <= defined
+
+
+# The benchmark's 100-day patient (bench/generate.py, variant pht100): the team follows the regimen, so every step
+# is recognised on its day and no deviation is reported.
+BENCH_STEPS = [(20, "monitor", None), (26, "candidate", 40), (31, "prednisone-full", 40), (44, "prednisone-half", 20),
+               (51, "taper", 10), (58, "taper", 5), (65, "off", None), (77, "recurrence", 40), (78, "prednisone-full", 40),
+               (95, "prednisone-half", 20), (100, "prednisone-half", 20)]
+
+
+@pytest.fixture(scope="module")
+def pht100(generator) -> bytes:
+    return orjson.dumps(generator.generate_bundle(7, "pht100"))
+
+
+@pytest.mark.parametrize("day, state, dose", BENCH_STEPS)
+def test_the_benchmark_100_day_patient_follows_the_regimen(post_evaluate, pht100, day, state, dose):
+    as_of = f"{(date(2026, 3, 2) + timedelta(days=day)).isoformat()}T12:00:00+01:00"
+    bundle = orjson.loads(post_evaluate(pht100, asOf=as_of, _format="fhir").get_data())
+    ra = _resource(bundle, "RiskAssessment", "pht-status")
+    assert ra["prediction"][0]["outcome"]["coding"][0]["code"] == state
+    assert not any(n["text"].startswith("prednisone given") for n in ra["note"])  # no deviation from the plan
+    if dose is not None:
+        assert _prednisone(_resource(bundle, "CarePlan"))["dailyAmount"]["value"] == dose

@@ -39,6 +39,7 @@ from service.fhir_client.policy import origin, same_origin
 log = logging.getLogger("cartox.fhir_client")
 
 _TEMPLATE_FIELD = re.compile(r"\{\{context\.(\w+)\}\}")
+_COUNT_PARAMETER = re.compile(r"[?&]_count=")
 _CHUNK_BYTES = 64 * 1024
 _BACKOFF_FIRST_SECONDS = 0.2
 _BACKOFF_MAX_SECONDS = 2.0
@@ -146,7 +147,7 @@ class FhirCall:
 
     def search(self, path: str) -> SearchResult:
         """GET [base]/Type?params, then every `next` page (up to the page cap), merged."""
-        if "_count=" not in path:
+        if not _COUNT_PARAMETER.search(path):
             path += ("&" if "?" in path else "?") + f"_count={self._limits.page_size}"
         return self.complete(self._search_page(f"{self.base}/{path}"), pages_read=1)
 
@@ -154,7 +155,7 @@ class FhirCall:
         """Follow the `next` links of a searchset (a prefetched one, or the first page of a search) and merge
         the pages. A page that fails ends the paging: what was read is kept, with the link still to follow."""
         entries = list(first_page.get("entry") or [])
-        included = {entry.get("fullUrl") for entry in entries if _is_include(entry)}
+        included = {_resource_key(entry) for entry in entries if _is_include(entry)}
         next_url = _next_link(first_page)
         while next_url is not None:
             if not same_origin(next_url, self.base):
@@ -170,10 +171,11 @@ class FhirCall:
                 break
             pages_read += 1
             for entry in page.get("entry") or []:
-                if _is_include(entry):  # the same Medication is included again on every page that cites it
-                    if entry.get("fullUrl") in included:
+                key = _resource_key(entry) if _is_include(entry) else None
+                if key is not None:  # the same Medication is included again on every page that cites it
+                    if key in included:
                         continue
-                    included.add(entry.get("fullUrl"))
+                    included.add(key)
                 entries.append(entry)
             next_url = _next_link(page)
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
@@ -183,7 +185,7 @@ class FhirCall:
 
     def _search_page(self, url: str) -> dict[str, Any]:
         document = self._get_json(url)
-        if document.get("resourceType") != "Bundle":
+        if not is_bundle(document):
             raise FetchFailure(FAILED, f"{self._shown} answered a search with a {document.get('resourceType')!r}, not a Bundle")
         return document
 
@@ -287,9 +289,29 @@ def _status_text(status: int) -> str:
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
+    return None
+
+
+def is_bundle(document: Any) -> bool:
+    """A Bundle whose entries (if any) are a list of objects: what paging can merge."""
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        return False
+    entries = document.get("entry")
+    return entries is None or (isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries))
+
+
+def has_next_link(document: Any) -> bool:
+    return isinstance(document, dict) and _next_link(document) is not None
+
+
+def _resource_key(entry: dict[str, Any]) -> tuple[str, str] | None:
+    resource = entry.get("resource")
+    if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str) and isinstance(resource.get("id"), str):
+        return resource["resourceType"], resource["id"]
     return None
 
 

@@ -19,7 +19,9 @@ import orjson
 from flask import current_app, g
 
 from service.errors import InputError, Issue
-from service.fhir_client.client import FAILED, TIMEOUT, UNAUTHORIZED, ClientLimits, FetchFailure, FhirCall, FhirClient, fill_template
+from service.fhir_client.client import (
+    FAILED, TIMEOUT, UNAUTHORIZED, ClientLimits, FetchFailure, FhirCall, FhirClient, fill_template, has_next_link, is_bundle,
+)
 from service.fhir_client.policy import ServerPolicy, origin
 from service.settings import Settings
 
@@ -111,15 +113,15 @@ def _access_token(fhir_authorization: Any) -> str | None:
 
 
 def _has_next_link(raw: msgspec.Raw) -> bool:
+    """A prefetched Bundle cut by paging. Anything malformed is left as sent, for the decoder to report."""
     data = bytes(raw)
     if b'"next"' not in data:  # the common case, a whole searchset, is not parsed twice
         return False
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return False  # the decoder reports it where it is
-    links = document.get("link") if isinstance(document, dict) else None
-    return isinstance(links, list) and any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
+        return False
+    return is_bundle(document) and has_next_link(document)
 
 
 def _unavailable(keys: list[str], code: str, fhir_type: str, why: str) -> InputError:

@@ -22,6 +22,9 @@ import pytest
 import requests
 
 HERE = Path(__file__).resolve().parent
+# The in-memory repository evaluates a search by FHIRPath over every resource: on a loaded 2-core CI machine
+# one search can take seconds. Tests of what is fetched get a roomy budget; tests of the budget set their own.
+ROOMY = {"fhir_fetch_budget_seconds": 60.0, "fhir_read_timeout_seconds": 30.0}
 TOKEN = "cartox-test-token"  # the server's default CARTOX_TEST_FHIR_TOKEN
 START_SECONDS = 60
 
@@ -98,6 +101,22 @@ def fhir_server() -> Iterator[FhirTestServer]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def fetching_app(app_factory):
+    """app_factory with the roomy FHIR timeouts unless told otherwise: ``fetching_app(fhir_page_size=7)``."""
+
+    def make(**settings_values: Any):
+        return app_factory(**(ROOMY | settings_values))
+
+    return make
+
+
+@pytest.fixture
+def client(fetching_app):
+    """The root conftest's test client, with the roomy FHIR timeouts."""
+    return fetching_app().test_client()
 
 
 @pytest.fixture

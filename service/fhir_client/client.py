@@ -1,38 +1,43 @@
 """A bounded FHIR client for one CDS Hooks call: reads and paged searches on the call's `fhirServer`.
 
-Bounds: every query of one call shares one deadline (the time budget); each attempt's connect and read
-timeouts are the configured ones or what is left of the budget, whichever is shorter; the body is read in
-chunks and abandoned at the deadline (a server that stops sending mid-body can overrun it by at most what is
-left of one read timeout, itself never beyond the budget). 429 and 5xx answers, timeouts and dropped
+Bounds: the queries of one call run in parallel on a small thread pool and share one deadline (the time
+budget); the caller waits for them until the deadline and no longer, whatever a server does. Each attempt's
+connect and read timeouts are the configured ones or what is left of the budget, whichever is shorter, and
+the body is read one receive at a time with the socket's timeout cut to what is left, so a query abandoned at
+the deadline also ends there instead of holding a pool thread. 429 and 5xx answers, timeouts and dropped
 connections are retried a bounded number of times with exponential backoff, or after the server's
 Retry-After when it fits in the budget. Redirects are not followed, and every URL, `next` links included,
 must be on the origin (scheme, host, port) of fhirServer: the access token goes nowhere else.
 
 Sessions: requests does not promise that a Session is thread-safe (its cookie jar and adapter state are
-shared mutable objects), so each thread of a worker process gets its own Session, created on first use
-(after gunicorn's fork, never inherited from the parent) and kept for the thread's life: the keep-alive
-connections are reused call after call, and the number of Sessions is bounded by the worker's thread pool.
+shared mutable objects), so each thread of the worker process's fetch pool has its own Session, created on
+first use (after gunicorn's fork, never inherited from the parent) and kept for the thread's life: the
+keep-alive connections are reused call after call, and there are at most as many Sessions as pool threads.
 Cookies are refused (one EHR's cookie must never ride on a call made for another caller) and the token is
 set per request, never on the Session.
 """
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import http.cookiejar
 import logging
 import re
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import quote
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
 
 from service.fhir_client.policy import origin, same_origin
 
@@ -43,6 +48,10 @@ _COUNT_PARAMETER = re.compile(r"[?&]_count=")
 _CHUNK_BYTES = 64 * 1024
 _BACKOFF_FIRST_SECONDS = 0.2
 _BACKOFF_MAX_SECONDS = 2.0
+# Per worker process: 4 request threads x 4 prefetch keys run at once; more calls queue within their budget.
+FETCH_THREADS = 16
+
+Result = TypeVar("Result")
 
 # Why a query failed, as FetchFailure.kind: the HTTP edge maps each to a stable OperationOutcome code.
 TIMEOUT = "timeout"
@@ -107,6 +116,8 @@ class FhirClient:
     def __init__(self, limits: ClientLimits) -> None:
         self.limits = limits
         self._local = threading.local()
+        # Threads start on the first query, so an application made before gunicorn's fork forks none.
+        self.pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="cartox-fhir")
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -136,6 +147,36 @@ class FhirCall:
         self._deadline = deadline
         where = origin(base)
         self._shown = f"{where[0]}://{where[1]}:{where[2]}" if where else "fhirServer"  # for messages: no path, no ids
+
+    def gather(self, jobs: Mapping[str, Callable[[], Result]]) -> dict[str, Result | FetchFailure]:
+        """Run the jobs in parallel on the pool; wait until all are done, one failed, or the deadline. A job
+        not done by then gets a FetchFailure (the budget's, or the first failure's) and its result, if it
+        ever comes, is dropped."""
+        # Each job runs in a copy of the caller's context, so that its log lines carry the request's context.
+        futures: dict[str, Future[Result]] = {key: self._client.pool.submit(contextvars.copy_context().run, job) for key, job in jobs.items()}
+        wait(futures.values(), timeout=max(0.0, self._remaining()), return_when=FIRST_EXCEPTION)
+        results: dict[str, Result | FetchFailure] = {}
+        first: tuple[str, FetchFailure] | None = None
+        for key, future in futures.items():
+            if future.done():
+                error = future.exception()
+                if error is not None and not isinstance(error, FetchFailure):
+                    raise error  # a bug, not the server's doing
+                results[key] = error if error is not None else future.result()
+                if error is not None and first is None:
+                    first = key, error
+        for key, future in futures.items():
+            if key not in results:
+                future.cancel()  # one still queued never starts
+                if first is not None and self._remaining() > 0:
+                    failed_key, failure = first
+                    results[key] = FetchFailure(failure.kind, f"not completed, since the query for {failed_key!r} failed: {failure.reason}")
+                else:
+                    results[key] = self._over_budget()
+        return {key: results[key] for key in futures}  # in the order of the jobs
+
+    def _over_budget(self) -> FetchFailure:
+        return FetchFailure(TIMEOUT, f"{self._shown} gave no complete answer within the budget of {self._limits.budget:g} s")
 
     def read(self, path: str) -> dict[str, Any]:
         """GET [base]/Type/id: the resource, which must be of that type."""
@@ -212,13 +253,13 @@ class FhirCall:
 
     def _given_up(self, last: "_Retryable", why: str) -> FetchFailure:
         if self._remaining() <= 0:
-            return FetchFailure(TIMEOUT, f"{self._shown} gave no complete answer within the budget of {self._limits.budget:g} s")
+            return self._over_budget()
         return FetchFailure(last.kind, f"{last.reason} ({why})")
 
     def _attempt(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
         remaining = self._remaining()
         if remaining <= 0:
-            raise FetchFailure(TIMEOUT, f"{self._shown} gave no complete answer within the budget of {self._limits.budget:g} s")
+            raise self._over_budget()
         timeout = (min(self._limits.connect_timeout, remaining), min(self._limits.read_timeout, remaining))
         try:
             with self._client.session().get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as response:
@@ -233,10 +274,8 @@ class FhirCall:
                 body = self._read_body(response)
         except requests.Timeout:
             raise _Retryable(TIMEOUT, f"{self._shown} did not answer in time") from None
-        except requests.ConnectionError as exc:  # also a read timeout while streaming the body
+        except requests.ConnectionError as exc:
             text = str(exc).lower()
-            if "timed out" in text:
-                raise _Retryable(TIMEOUT, f"{self._shown} did not answer in time") from None
             raise _Retryable(FAILED, f"{self._shown}: connection {'refused' if 'refused' in text else 'failed'}") from None
         try:
             document = orjson.loads(body)
@@ -247,16 +286,30 @@ class FhirCall:
         return document
 
     def _read_body(self, response: requests.Response) -> bytes:
+        """One receive at a time (urllib3's read1), each with the socket's timeout cut to what is left of
+        the budget: a server that trickles its body cannot hold the thread past the deadline."""
+        raw = response.raw
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(_CHUNK_BYTES):
+        while True:
+            remaining = self._remaining()
+            if remaining <= 0:
+                raise self._over_budget()
+            sock = getattr(raw.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(min(self._limits.read_timeout, remaining))
+            try:
+                chunk = raw.read1(_CHUNK_BYTES, decode_content=True)
+            except ReadTimeoutError:
+                raise _Retryable(TIMEOUT, f"{self._shown} did not answer in time") from None
+            except Urllib3Error:
+                raise _Retryable(FAILED, f"{self._shown}: connection failed while sending its answer") from None
+            if not chunk:
+                return b"".join(chunks)
             size += len(chunk)
             if size > self._limits.max_response_bytes:
                 raise FetchFailure(FAILED, f"{self._shown} answered more than {self._limits.max_response_bytes} bytes (CARTOX_MAX_BODY_BYTES)")
-            if self._remaining() <= 0:
-                raise FetchFailure(TIMEOUT, f"{self._shown} gave no complete answer within the budget of {self._limits.budget:g} s")
             chunks.append(chunk)
-        return b"".join(chunks)
 
 
 class _Retryable(FetchFailure):

@@ -6,13 +6,16 @@
   pages sent are used and the evaluation reports the data as partial (it does not turn present data into a 412).
 - Only a fhirServer on the allow-list of the caller is queried (service.fhir_client.policy), with the
   `fhirAuthorization` access token as `Authorization: Bearer` when there is one, and none when not.
-- A required key still unavailable: 412 with one located issue per key saying why (stable codes below).
+- The queries run in parallel within one time budget; a required key still unavailable: 412 with one
+  located issue per key saying why (stable codes below). At the first failure cartox answers at once: a key
+  whose query was cut short says which query failed.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable
 
 import msgspec
 import orjson
@@ -82,19 +85,23 @@ def complete_prefetch(
         raise _unavailable(missing, "prefetch-server-not-allowed", "forbidden",
                            "fhirServer is not on the allow-list of this caller (CARTOX_FHIR_SERVER_ALLOWLIST), so it was not queried")
     call = client.call(fhir_server, _access_token(fhir_authorization))
-    completed = dict(prefetch)
-    for index, key in enumerate(missing):
-        try:
-            completed[key] = msgspec.Raw(orjson.dumps(_fetch(call, templates[key], context)))
-        except FetchFailure as failure:
-            # Once one query failed the call is a 412 whatever the others give: spend no more of the budget.
+    jobs: dict[str, Callable[[], dict[str, Any]]] = {key: partial(_fetch, call, templates[key], context) for key in missing}
+    jobs |= {key: partial(_complete, call, prefetch[key]) for key in paged}
+    results = call.gather(jobs)
+    failed = {key: result for key, result in results.items() if isinstance(result, FetchFailure) and key in missing}
+    if failed:
+        for key, failure in failed.items():
             log.warning("prefetch fallback for %r failed: %s", key, failure.reason)
-            code, fhir_type = _FAILURE_CODES[failure.kind]
-            raise _unavailable(missing[index:], code, fhir_type, failure.reason) from None
-    for key in paged:
-        result = call.complete(orjson.loads(bytes(prefetch[key])))
-        completed[key] = msgspec.Raw(orjson.dumps(result.bundle))
+        raise InputError([_issue(key, failure) for key, failure in failed.items()], status=412)
+    completed = dict(prefetch)
+    for key, result in results.items():
+        if not isinstance(result, FetchFailure):  # a paged searchset not completed in time stays as sent
+            completed[key] = msgspec.Raw(orjson.dumps(result))
     return completed
+
+
+def _complete(call: FhirCall, raw: msgspec.Raw) -> dict[str, Any]:
+    return call.complete(orjson.loads(bytes(raw))).bundle
 
 
 def _fetch(call: FhirCall, template: str, context: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +129,11 @@ def _has_next_link(raw: msgspec.Raw) -> bool:
     except orjson.JSONDecodeError:
         return False
     return is_bundle(document) and has_next_link(document)
+
+
+def _issue(key: str, failure: FetchFailure) -> Issue:
+    code, fhir_type = _FAILURE_CODES[failure.kind]
+    return Issue(code, f"Required prefetch {key!r} is missing and could not be fetched: {failure.reason}", f"prefetch.{key}", fhir_type=fhir_type)
 
 
 def _unavailable(keys: list[str], code: str, fhir_type: str, why: str) -> InputError:

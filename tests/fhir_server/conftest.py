@@ -154,3 +154,40 @@ def silent_server() -> Iterator[str]:
         for connection in accepted:
             connection.close()
         listener.close()
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    """A loopback server that answers 200 at once, then sends its body one byte every 0.1 s, for minutes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def trickle(connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 100000\r\n\r\n{")
+            while not stop.wait(0.1):
+                try:
+                    connection.sendall(b" ")
+                except OSError:
+                    return
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection = listener.accept()[0]
+            except OSError:
+                continue
+            threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/fhir"
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()

@@ -129,11 +129,11 @@ def test_cards_without_prefetch_equal_cards_with_full_prefetch(client, server, e
     assert cards == expected_cards
     suggested = [action["resource"]["resourceType"] for card in cards for s in card["suggestions"] for action in s["actions"]]
     assert "RiskAssessment" in suggested and "CarePlan" in suggested
-    received = server.requests_received()
+    received = sorted(server.requests_received(), key=lambda r: r["url"])
     assert [r["url"].split("?")[0] for r in received] == [
-        "/fhir/Patient/pat-bench", "/fhir/Observation", "/fhir/MedicationAdministration", "/fhir/Condition"]
+        "/fhir/Condition", "/fhir/MedicationAdministration", "/fhir/Observation", "/fhir/Patient/pat-bench"]
     assert all(r["authorization"] is None for r in received), "no fhirAuthorization: no Authorization header"
-    assert "_include=MedicationAdministration:medication" in received[2]["url"]
+    assert "_include=MedicationAdministration:medication" in received[1]["url"]
 
 
 def test_included_medication_is_fetched_and_read(client, server):
@@ -206,12 +206,13 @@ def test_access_token_is_sent_as_bearer_to_fhir_server(client, server, expected_
 def test_token_required_and_missing_is_412_saying_401(client, server, outcome_issue):
     started = time.monotonic()
     response = _post(client, _hook_request(server.secured_base))
-    issue = outcome_issue(response, 412, "prefetch-fetch-unauthorized", "prefetch.patient")
-    assert "401 Unauthorized" in issue["diagnostics"]
-    assert time.monotonic() - started < 2, "a 401 is not retried"
-    assert len(server.requests_received()) == 1, "after the first failure nothing more is asked"
-    every = [i["expression"][0] for i in orjson.loads(response.get_data())["issue"]]
-    assert every == [f"prefetch.{key}" for key in KEYS]
+    outcome_issue(response, 412, "prefetch-fetch-unauthorized", "prefetch.patient")
+    assert time.monotonic() - started < 2
+    issues = orjson.loads(response.get_data())["issue"]
+    assert [i["expression"][0] for i in issues] == [f"prefetch.{key}" for key in KEYS]
+    assert all("answered 401 Unauthorized" in i["diagnostics"] for i in issues)
+    urls = [r["url"] for r in server.requests_received()]
+    assert urls and len(urls) == len(set(urls)), "a 401 is not retried"
 
 
 def test_next_link_to_another_origin_is_not_followed(client, server, small_bundle):
@@ -272,6 +273,18 @@ def test_server_that_never_answers_is_412_at_the_budget(fetching_app, silent_ser
     issue = outcome_issue(response, 412, "prefetch-fetch-timeout", "prefetch.patient")
     assert "did not answer in time" in issue["diagnostics"] or "within the budget of 1.5 s" in issue["diagnostics"]
     assert budget - 0.6 <= elapsed <= budget + MARGIN_SECONDS, elapsed
+
+
+def test_server_that_trickles_its_answer_is_412_at_the_budget(fetching_app, trickling_server, outcome_issue):
+    """Every byte comes before the read timeout, the whole never does: the budget still ends it."""
+    budget = 1.5
+    client = fetching_app(fhir_fetch_budget_seconds=budget, fhir_read_timeout_seconds=1.0).test_client()
+    started = time.monotonic()
+    response = _post(client, _hook_request(trickling_server))
+    elapsed = time.monotonic() - started
+    issue = outcome_issue(response, 412, "prefetch-fetch-timeout", "prefetch.patient")
+    assert "within the budget of 1.5 s" in issue["diagnostics"]
+    assert budget - 0.1 <= elapsed <= budget + MARGIN_SECONDS, elapsed
 
 
 class _FlakyProxy(http.server.ThreadingHTTPServer):
@@ -345,7 +358,7 @@ def test_retry_after_beyond_the_budget_is_412_at_once(fetching_app, flaky_proxy,
     issue = outcome_issue(response, 412, "prefetch-fetch-failed", "prefetch.patient")
     assert "429 Too Many Requests" in issue["diagnostics"] and "no time left in the budget" in issue["diagnostics"]
     assert time.monotonic() - started < 1.0
-    assert len(proxy.seen) == 1
+    assert proxy.seen and len(proxy.seen) == len(set(proxy.seen)), "no query retried"
 
 
 def test_paged_prefetch_without_fhir_server_is_used_as_partial(client, small_bundle):
@@ -358,8 +371,10 @@ def test_paged_prefetch_without_fhir_server_is_used_as_partial(client, small_bun
 def test_unknown_patient_is_412_saying_404(client, server, outcome_issue):
     issue = outcome_issue(_post(client, _hook_request(server.base, patient_id="no-such-patient")), 412, "prefetch-fetch-failed",
                           "prefetch.patient")
-    assert "answered 404 Not Found" in issue["diagnostics"]
-    assert [r["url"] for r in server.requests_received()] == ["/fhir/Patient/no-such-patient"]
+    assert issue["diagnostics"].endswith("answered 404 Not Found")
+    others = orjson.loads(_post(client, _hook_request(server.base, patient_id="no-such-patient")).get_data())["issue"][1:]
+    assert all("since the query for 'patient' failed: " in other["diagnostics"] for other in others), \
+        "the searches (empty) did not fail: they are listed only when the patient's 404 cut them short"
 
 
 def test_order_sign_service_fetches_too(client, server):

@@ -8,7 +8,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import CartoxError, InputError, Issue
-from service.http_api import cds_hooks, evaluate, health
+from service.http_api import cds_hooks, evaluate, health, prefetch
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
 from service.pipeline import Engine
 from service.settings import Settings
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cartox.engine"] = engine or Engine(settings)
+    app.extensions[prefetch.EXTENSION_KEY] = prefetch.init_app_client(settings)
     for module in (cds_hooks, evaluate, health):
         app.register_blueprint(module.blueprint)
 

@@ -9,7 +9,11 @@ from typing import Any, Mapping
 PREFIX = "CARTOX_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings: (smallest, largest) accepted value.
-_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600)}
+_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600),
+               "fhir_max_pages": (1, 1000), "fhir_page_size": (1, 10000)}
+# Float settings (seconds): (smallest, largest) accepted value.
+_FLOAT_RANGES = {"fhir_connect_timeout_seconds": (0.05, 60.0), "fhir_read_timeout_seconds": (0.05, 120.0),
+                 "fhir_fetch_budget_seconds": (0.1, 120.0)}
 
 
 def _as_bool(text: str) -> bool:
@@ -38,6 +42,15 @@ class Settings:
     # configurable (window length, waiver lapse, blood-pressure threshold ...).
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # Prefetch fallback (service.fhir_client): FHIR servers a CDS Hooks call may make cartox query, per JWT
+    # issuer or tenant ("*": any caller); empty = loopback servers only (development).
+    fhir_server_allowlist: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    fhir_connect_timeout_seconds: float = 1.0
+    fhir_read_timeout_seconds: float = 3.0
+    # Every query of one CDS Hooks call, retries and pages included, ends within this budget (else 412).
+    fhir_fetch_budget_seconds: float = 5.0
+    fhir_max_pages: int = 50  # per prefetch key: a longer search is used as partial data
+    fhir_page_size: int = 1000  # _count asked for when the template does not say
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -60,8 +73,12 @@ def _parse(name: str, declared: Any, raw: str) -> Any:
     try:
         if kind == "int":
             return _as_int(name, raw)
+        if kind == "float":
+            return _as_float(name, raw)
         if kind == "bool":
             return _as_bool(raw)
+        if name == "fhir_server_allowlist":
+            return _as_allowlist(raw)
         if kind.startswith("Mapping"):
             return _as_overrides(raw)
         if name == "log_level":
@@ -85,6 +102,37 @@ def _as_int(name: str, raw: str) -> int:
     if not low <= value <= high:
         raise ValueError(f"{value} is outside the allowed range {low}-{high}")
     return value
+
+
+def _as_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    low, high = _FLOAT_RANGES[name]
+    if not low <= value <= high:  # also refuses nan
+        raise ValueError(f"{value} is outside the allowed range {low}-{high}")
+    return value
+
+
+def _as_allowlist(raw: str) -> dict[str, tuple[str, ...]]:
+    """{"issuer, tenant or *": ["https://ehr.example/fhir", ...]}: absolute http(s) base URLs without query."""
+    import orjson
+    from urllib.parse import urlsplit
+
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    shape = 'expected a JSON object {"issuer, tenant or *": ["https://ehr.example/fhir", ...]}'
+    if not isinstance(parsed, dict) or not all(isinstance(urls, list) for urls in parsed.values()):
+        raise ValueError(shape)
+    for urls in parsed.values():
+        for url in urls:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"{url!r} is not an http(s) FHIR base URL; {shape}")
+    return {caller: tuple(urls) for caller, urls in parsed.items()}
 
 
 def _as_overrides(raw: str) -> dict[str, Any]:

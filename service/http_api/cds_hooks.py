@@ -15,6 +15,7 @@ from service.fhir_input.decode import DraftOrder, Partial, decode_bundle, decode
 from service.fhir_input.normalise.draft_order import read_order
 from service.rules_engine.load import check_orders
 from service.http_api.common import as_of_parameter, engine, infusion_parameter, json_response, require_json_body
+from service.http_api.prefetch import complete_prefetch, verified_callers
 from service.pipeline import Engine, Outcome, RequestOptions
 from service.timeline.build import SourcedEntry, entries_from_bundle
 
@@ -32,6 +33,7 @@ class HookRequest(msgspec.Struct):
     hook: str | None = None
     hookInstance: str | None = None
     fhirServer: str | None = None
+    fhirAuthorization: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     prefetch: dict[str, msgspec.Raw] | None = None
 
@@ -111,17 +113,11 @@ def _decode_request(body: bytes, hook: str = HOOK, service_id: str = SERVICE_ID)
 
 
 def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEntry], dict[str, list[Any]]]:
-    """Prefetched Patient and searchset Bundles -> entries; a missing key is a 412, null means no data.
+    """Prefetched (or fetched: see service.http_api.prefetch) Patient and searchset Bundles -> entries; every
+    required key must be there, null means no data.
 
     A searchset with a `next` link was cut by paging: its entries carry the reason (the timeline reports the
     data as partial); a cut page without any usable entry hands its reason to another entry."""
-    missing = [key for key in REQUIRED_PREFETCH if key not in prefetch]
-    if missing:
-        raise InputError(
-            [Issue("prefetch-missing", f"Required prefetch {key!r} is missing (querying fhirServer is not supported yet)",
-                   f"prefetch.{key}", fhir_type="required") for key in missing],
-            status=412,
-        )
     entries: list[SourcedEntry] = []
     ignored: dict[str, list[Any]] = {}
     patient_raw = bytes(prefetch["patient"])
@@ -152,7 +148,10 @@ def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEn
 def _evaluate_hook(hook_request: HookRequest) -> Outcome:
     """The prefetched data evaluated for the request's patient (both services)."""
     patient_id = hook_request.context["patientId"]  # type: ignore[index]
-    entries, ignored = prefetched_entries(hook_request.prefetch or {})
+    prefetch = complete_prefetch(hook_request.prefetch or {}, prefetch_templates(engine()), SEARCHSET_PREFETCH,
+                                 hook_request.fhirServer, hook_request.fhirAuthorization, hook_request.context or {},
+                                 verified_callers())
+    entries, ignored = prefetched_entries(prefetch)
     infusion, date_only = infusion_parameter()
     options = RequestOptions(as_of_parameter(), request.args.get("guideline"), infusion, date_only)
     outcome = engine().evaluate(entries, ignored, options)

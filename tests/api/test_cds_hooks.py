@@ -228,14 +228,25 @@ def test_empty_searchsets_are_no_data(call, prefetch):
 # Errors
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["patient", "observations", "medicationAdministrations", "conditions"])
-def test_missing_prefetch_key(call, prefetch, outcome_issue, key):
+def test_missing_prefetch_key_without_fhir_server(call, prefetch, outcome_issue, key):
     del prefetch[key]
-    outcome_issue(call(_hook_request(prefetch)), 412, "prefetch-missing", f"prefetch.{key}")
+    request = _hook_request(prefetch)
+    del request["fhirServer"]
+    issue = outcome_issue(call(request), 412, "prefetch-missing", f"prefetch.{key}")
+    assert "no fhirServer" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize("key", ["patient", "conditions"])
+def test_missing_prefetch_key_from_a_server_not_allowed(call, prefetch, outcome_issue, key):
+    """No allow-list is configured: only loopback servers may be queried, not the example EHR."""
+    del prefetch[key]
+    issue = outcome_issue(call(_hook_request(prefetch)), 412, "prefetch-server-not-allowed", f"prefetch.{key}")
+    assert "CARTOX_FHIR_SERVER_ALLOWLIST" in issue["diagnostics"]
 
 
 def test_missing_prefetch_lists_every_key(call, outcome_issue):
     response = call(_hook_request(None))
-    outcome_issue(response, 412, "prefetch-missing")
+    outcome_issue(response, 412, "prefetch-server-not-allowed")
     expressions = sorted(i["expression"][0] for i in orjson.loads(response.get_data())["issue"])
     assert expressions == ["prefetch.conditions", "prefetch.medicationAdministrations", "prefetch.observations", "prefetch.patient"]
 

@@ -9,7 +9,8 @@ from typing import Any, Mapping
 PREFIX = "CARTOX_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings: (smallest, largest) accepted value.
-_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600)}
+_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600),
+               "jwt_leeway_seconds": (0, 300), "jwks_min_refresh_seconds": (0, 3600)}
 
 
 def _as_bool(text: str) -> bool:
@@ -38,6 +39,18 @@ class Settings:
     # configurable (window length, waiver lapse, blood-pressure threshold ...).
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # Security (service/security/config.py reads and checks these; README "Security"). mode "": development
+    # on a loopback host, production on any other.
+    mode: str = ""
+    trusted_issuers: str = ""  # JSON {"issuer": {"jwks_url" | "jwks" | "jwks_file": ..., "tenants": [...]}}
+    external_base_urls: str = ""  # comma-separated: the base URL(s) clients call, the aud of their JWTs
+    jwt_leeway_seconds: int = 30
+    jwks_min_refresh_seconds: int = 30
+    trust_cds_hooks_sandbox: bool = False
+    cors_origins: str = ""  # comma-separated; unset: "*" in development, none in production
+    api_keys: str = field(default="", repr=False)  # comma-separated keys for /evaluate
+    allow_test_parameters: bool = False
+    allow_insecure_development: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

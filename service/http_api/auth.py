@@ -97,9 +97,12 @@ def refuse_test_parameters() -> None:
 
 
 def _install_cors(app: Flask, config: SecurityConfig) -> None:
-    """Browser clients (CDS Hooks sandboxes, SMART apps) on the allow-list; no cookies, so no credentials."""
+    """Browser clients (CDS Hooks sandboxes, SMART apps) on the allow-list; no cookies, so no credentials.
+
+    Private network access: a page of an allowed public origin (e.g. the CDS Hooks sandbox) may call a
+    cartox on a private or loopback address (browsers ask in the preflight)."""
     any_origin = config.cors_origins == ("*",)
     CORS(app, resources={r"/*": {"origins": "*" if any_origin else list(config.cors_origins)}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"],
-         expose_headers=["WWW-Authenticate"], max_age=600, supports_credentials=False,
+         expose_headers=["WWW-Authenticate"], max_age=600, supports_credentials=False, allow_private_network=True,
          send_wildcard=any_origin, always_send=any_origin, vary_header=True)

@@ -67,3 +67,15 @@ def test_development_allows_any_origin(app_factory):
     response = preflight(client, "/cds-services/car-t-toxicity", "http://localhost:3000")
     assert response.status_code == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
     assert client.get("/cds-services").headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_private_network_preflight_for_allowed_origins_only(app):
+    """Chrome asks before a public page calls a private address (a hospital intranet, a laptop)."""
+    client = app.test_client()
+
+    def ask(origin: str):
+        return client.options("/cds-services/car-t-toxicity", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"})
+
+    assert ask(ALLOWED).headers["Access-Control-Allow-Private-Network"] == "true"
+    assert "Access-Control-Allow-Private-Network" not in ask("https://evil.example.org").headers

@@ -1,11 +1,13 @@
 # cartox: CAR-T toxicity decision support (`cartox serve`: gunicorn processes, asyncio HTTP, README "Worker model").
 #   docker build -t cartox .
-#   docker run --rm -p 8080:8080 cartox        # then: curl http://127.0.0.1:8080/healthz
+#   docker run --rm -p 8080:8080 --env-file cartox.env cartox   # then: curl http://127.0.0.1:8080/healthz
+# The image runs in production mode: it needs trusted JWT issuers or API keys (README "Security").
 # tests/deploy/test_dockerfile.py checks this file without docker (same install and CMD in a virtualenv).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    CARTOX_MODE=production
 
 # Install the project as a wheel built from pyproject.toml (rules/ and fhir_profiles/ are force-included
 # into the package as service/rules and service/fhir_profiles); the sources are removed afterwards.

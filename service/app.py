@@ -8,9 +8,11 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import CartoxError, InputError, Issue
-from service.http_api import cds_hooks, evaluate, health, prefetch
+from service.http_api import auth, cds_hooks, evaluate, health, prefetch
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
 from service.pipeline import Engine
+from service.security.config import security_config
+from service.security.replay import ReplayStore
 from service.settings import Settings
 
 log = logging.getLogger("cartox")
@@ -28,13 +30,15 @@ _HTTP_ERRORS = {
 }
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+def create_app(settings: Settings | None = None, engine: Engine | None = None, replay_store: ReplayStore | None = None) -> Flask:
+    """ValueError naming the variable for a security configuration the service cannot run with."""
     settings = settings or (engine.settings if engine else Settings.from_env())
+    security = security_config(settings)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cartox.engine"] = engine or Engine(settings)
-    app.extensions[prefetch.EXTENSION_KEY] = prefetch.init_app_client(settings)
+    app.extensions[prefetch.EXTENSION_KEY] = prefetch.init_app_client(settings, development=not security.production)
     for module in (cds_hooks, evaluate, health):
         app.register_blueprint(module.blueprint)
 
@@ -51,15 +55,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.after_request
     def headers(response: Response) -> Response:
-        # CDS Hooks clients call from the browser (SMART apps, sandboxes): allow any origin, no cookies.
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        response.headers["Access-Control-Max-Age"] = "600"
         # Answers are patient data: no MIME sniffing of them, no copy in any cache.
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    # CORS for the configured origins; authentication per mode (service.http_api.auth, README "Security").
+    auth.install(app, security, replay_store)
 
     @app.errorhandler(CartoxError)
     def cartox_error(error: CartoxError) -> Response:

@@ -69,8 +69,13 @@ def serve(host: str | None, port: int | None, workers: int, threads: int) -> Non
     from service.server import BufferedWSGI, Server
 
     settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
-    application = BufferedWSGI(create_app(settings, engine), settings.max_body_bytes, settings.body_timeout_seconds, threads)
-    click.echo(f"cartox listening on http://{settings.host}:{settings.port} (rule set {engine.rules.version})", err=True)
+    try:
+        app = create_app(settings, engine)
+    except ValueError as exc:  # the security configuration (mode, issuers, CORS, API keys)
+        _configuration_error(str(exc))
+    application = BufferedWSGI(app, settings.max_body_bytes, settings.body_timeout_seconds, threads)
+    mode = app.extensions["cartox.security"].mode
+    click.echo(f"cartox listening on http://{settings.host}:{settings.port} ({mode} mode, rule set {engine.rules.version})", err=True)
     Server(application, f"{settings.host}:{settings.port}", workers).run()
 
 

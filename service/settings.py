@@ -10,7 +10,8 @@ PREFIX = "CARTOX_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings: (smallest, largest) accepted value.
 _INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600),
-               "fhir_max_pages": (1, 1000), "fhir_page_size": (1, 10000)}
+               "fhir_max_pages": (1, 1000), "fhir_page_size": (1, 10000),
+               "jwt_leeway_seconds": (0, 300), "jwks_min_refresh_seconds": (0, 3600)}
 # Float settings (seconds): (smallest, largest) accepted value.
 _FLOAT_RANGES = {"fhir_connect_timeout_seconds": (0.05, 60.0), "fhir_read_timeout_seconds": (0.05, 120.0),
                  "fhir_fetch_budget_seconds": (0.1, 120.0)}
@@ -51,6 +52,18 @@ class Settings:
     fhir_fetch_budget_seconds: float = 5.0
     fhir_max_pages: int = 50  # per prefetch key: a longer search is used as partial data
     fhir_page_size: int = 1000  # _count asked for when the template does not say
+    # Security (service/security/config.py reads and checks these; README "Security"). mode "": development
+    # on a loopback host, production on any other.
+    mode: str = ""
+    trusted_issuers: str = ""  # JSON {"issuer": {"jwks_url" | "jwks" | "jwks_file": ..., "tenants": [...]}}
+    external_base_urls: str = ""  # comma-separated: the base URL(s) clients call, the aud of their JWTs
+    jwt_leeway_seconds: int = 30
+    jwks_min_refresh_seconds: int = 30
+    trust_cds_hooks_sandbox: bool = False
+    cors_origins: str = ""  # comma-separated; unset: "*" in development, none in production
+    api_keys: str = field(default="", repr=False)  # comma-separated keys for /evaluate
+    allow_test_parameters: bool = False
+    allow_insecure_development: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

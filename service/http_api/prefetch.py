@@ -19,13 +19,14 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 import orjson
-from flask import current_app, g
+from flask import current_app, request
 
 from service.errors import InputError, Issue
 from service.fhir_client.client import (
     FAILED, TIMEOUT, UNAUTHORIZED, ClientLimits, FetchFailure, FhirCall, FhirClient, fill_template, has_next_link, is_bundle,
 )
 from service.fhir_client.policy import ServerPolicy, origin
+from service.http_api.auth import CALLER
 from service.settings import Settings
 
 log = logging.getLogger("cartox.prefetch")
@@ -39,7 +40,7 @@ _FAILURE_CODES = {
 }
 
 
-def init_app_client(settings: Settings) -> tuple[FhirClient, ServerPolicy]:
+def init_app_client(settings: Settings, development: bool) -> tuple[FhirClient, ServerPolicy]:
     """The worker's FHIR client and server policy (one per application)."""
     limits = ClientLimits(
         connect_timeout=settings.fhir_connect_timeout_seconds,
@@ -49,14 +50,16 @@ def init_app_client(settings: Settings) -> tuple[FhirClient, ServerPolicy]:
         page_size=settings.fhir_page_size,
         max_response_bytes=settings.max_body_bytes,
     )
-    # Without an allow-list only loopback servers: the development set-up (a local FHIR server or sandbox).
-    return FhirClient(limits), ServerPolicy(settings.fhir_server_allowlist, loopback_without_allowlist=True)
+    # Without an allow-list, development may query loopback servers (a local FHIR server or sandbox); production
+    # queries only the servers its allow-list names.
+    return FhirClient(limits), ServerPolicy(settings.fhir_server_allowlist, loopback_without_allowlist=development)
 
 
 def verified_callers() -> tuple[str | None, str | None]:
-    """(issuer, tenant) of the verified CDS Hooks JWT, set on flask.g by the authentication layer as
-    `cds_issuer` and `cds_tenant`; (None, None) for an unsigned call, which only "*" entries allow."""
-    return g.get("cds_issuer"), g.get("cds_tenant")
+    """(issuer, tenant) of the verified CDS Hooks JWT, put in the WSGI environ by the authentication layer;
+    (None, None) for an unsigned call (development), which only "*" entries allow."""
+    caller = request.environ.get(CALLER)
+    return (caller.issuer, caller.tenant) if caller is not None else (None, None)
 
 
 def complete_prefetch(

@@ -75,6 +75,30 @@ def test_serve_refuses_a_bad_configuration(tmp_path: Path, variable: str, value:
     assert_one_line_naming(result, variable, words)
 
 
+# Security settings `serve` refuses (README "Security"): (address, environment, variable, words). 192.0.2.10 is a
+# documentation address (TEST-NET-1) no machine has: a non-loopback address that could never be bound.
+ISSUERS = '{"https://ehr.example.org": {"jwks_url": "https://ehr.example.org/jwks.json"}}'
+SECURITY_CONFIGURATIONS = [
+    ("192.0.2.10", {}, "CARTOX_TRUSTED_ISSUERS", ["production mode", "192.0.2.10"]),
+    ("192.0.2.10", {"CARTOX_MODE": "development"}, "CARTOX_MODE", ["192.0.2.10", "CARTOX_ALLOW_INSECURE_DEVELOPMENT=1"]),
+    ("127.0.0.1", {"CARTOX_MODE": "production"}, "CARTOX_TRUSTED_ISSUERS", ["at least one trusted JWT issuer"]),
+    ("127.0.0.1", {"CARTOX_MODE": "production", "CARTOX_TRUSTED_ISSUERS": ISSUERS}, "CARTOX_EXTERNAL_BASE_URLS", ["aud"]),
+    ("127.0.0.1", {"CARTOX_MODE": "production", "CARTOX_TRUSTED_ISSUERS": ISSUERS, "CARTOX_EXTERNAL_BASE_URLS": "https://cds.example.org",
+                   "CARTOX_CORS_ORIGINS": "*"}, "CARTOX_CORS_ORIGINS", ["'*'"]),
+    ("127.0.0.1", {"CARTOX_MODE": "prod"}, "CARTOX_MODE", ["'prod'"]),
+    ("127.0.0.1", {"CARTOX_TRUSTED_ISSUERS": "{oops"}, "CARTOX_TRUSTED_ISSUERS", ["not valid JSON"]),
+    ("127.0.0.1", {"CARTOX_JWT_LEEWAY_SECONDS": "3600"}, "CARTOX_JWT_LEEWAY_SECONDS", ["0-300"]),
+]
+
+
+@pytest.mark.parametrize("host, env, variable, words", SECURITY_CONFIGURATIONS,
+                         ids=[f"{host}-{'-'.join(env) or 'default'}" for host, env, _, _ in SECURITY_CONFIGURATIONS])
+def test_serve_refuses_an_insecure_or_bad_security_configuration(tmp_path: Path, host: str, env: dict[str, str], variable: str,
+                                                                 words: list[str]) -> None:
+    result = run(["serve", "--host", host, "--port", str(free_port())], env, tmp_path)
+    assert_one_line_naming(result, variable, words)
+
+
 @pytest.mark.parametrize("variable, value, words", [BAD_CONFIGURATIONS[0], BAD_CONFIGURATIONS[2], BAD_CONFIGURATIONS[5]],
                          ids=["port", "guideline", "override-range"])
 def test_evaluate_refuses_a_bad_configuration(tmp_path: Path, variable: str, value: str, words: list[str]) -> None:

@@ -392,6 +392,8 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
 
 
+IMAGE_API_KEY = "image-test-api-key-0123456789"
+
 SMALL_BUNDLE = {
     "resourceType": "Bundle",
     "type": "collection",
@@ -426,6 +428,8 @@ def test_dockerfile_declares_a_slim_non_root_image_with_healthcheck(dockerfile: 
     assert user not in {"root", "0"}, f"USER {user} before CMD is root"
     created = [ins for ins in stage[:users[-1][0]] if ins.keyword == "RUN" and re.search(rf"\b(useradd|adduser)\b.*\b{re.escape(user)}\b", ins.args)]
     assert created or user.isdigit(), f"USER {user} is not created by a RUN useradd/adduser before it is used"
+
+    assert env_values(stage).get("CARTOX_MODE") == "production", "the image must run in production mode (README Security)"
 
     exposed = [ins.args for ins in stage if ins.keyword == "EXPOSE"]
     assert any(str(CONTAINER_PORT) in re.split(r"[\s/]+", ports) for ports in exposed), f"EXPOSE {exposed}"
@@ -501,7 +505,8 @@ def image_env(stage: list[Instruction], venv: Venv) -> dict[str, str]:
 def test_image_install_cmd_and_healthcheck(dockerfile: list[Instruction], image_venv: Venv, launch: Callable[..., Server],
                                            tmp_path: Path) -> None:
     stage = final_stage(dockerfile)
-    env = image_env(stage, image_venv)
+    # production mode (the image's ENV) needs credentials to accept: an API key for /evaluate
+    env = {**image_env(stage, image_venv), "CARTOX_API_KEYS": IMAGE_API_KEY}
 
     # the package is imported from the install (as in the image), not from the checkout
     where = subprocess.run([str(image_venv.bin / "python"), "-c", "import service; print(service.__file__)"],
@@ -530,7 +535,7 @@ def test_image_install_cmd_and_healthcheck(dockerfile: list[Instruction], image_
     assert run_check(free_port()).returncode != 0, "HEALTHCHECK passes with no server listening"
 
     status, body = http("POST", f"{server.base_url}/evaluate?asOf={urllib.parse.quote(AS_OF)}",
-                        json.dumps(SMALL_BUNDLE).encode(), {"Content-Type": "application/fhir+json"})
+                        json.dumps(SMALL_BUNDLE).encode(), {"Content-Type": "application/fhir+json", "X-API-Key": IMAGE_API_KEY})
     assert status == 200, f"POST /evaluate: {status} {body[:500]!r}\n{server.log_tail()}"
     cards = json.loads(body)["cards"]
     crs = [c for c in cards if c.get("source", {}).get("topic", {}).get("code") == "crs-grade-astct"]

@@ -101,7 +101,8 @@ def test_wheel_ships_rules_and_profiles_inside_the_package(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         for required in ("service/rules/concepts.yaml", "service/rules/schema/rule.schema.json",
-                         "service/fhir_profiles/CodeSystem-cartox.json", "service/app.py", "service/resources.py"):
+                         "service/fhir_profiles/CodeSystem-cartox.json", "service/app.py", "service/resources.py",
+                         "service/security/cds_hooks_sandbox_jwks.json"):
             assert required in names, f"{wheel.name} lacks {required}"
         for name in DATA_DIRS:
             for rel, path in data_files(CHECKOUT / name).items():

@@ -112,7 +112,7 @@ def server(loaded_server):
 def expected_cards(app, _small_bytes) -> list[dict[str, Any]]:
     """The cards of the generated patient with the full prefetch (no FHIR query)."""
     cards = _cards(_post(app.test_client(), _hook_request(None, _full_prefetch(orjson.loads(_small_bytes)))))
-    assert [card["summary"].split(" ")[0] for card in cards] == ["CRS", "ICANS", "Glucocorticoids"]
+    assert [card["summary"].split(" ")[0] for card in cards] == ["CRS", "Neutropenia", "ICAHT", "ICANS", "Glucocorticoids"]
     return cards
 
 

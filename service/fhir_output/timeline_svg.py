@@ -34,7 +34,8 @@ _HEIGHT = 490
 _MIN_TOP_GRADE = 4  # the axis always reaches grade 4 so that pictures compare; higher grades extend it
 _TICK_DAYS = 7
 _MIN_LABEL_GAP_PX = 46
-_CHAR_PX = 6.2  # average glyph width of 11 px sans-serif: whether a band's label fits
+_CHAR_PX = 6.2  # average glyph width of 11 px sans-serif, a little generous: legend spacing
+_BAND_CHAR_PX = 5.6  # the same for the 10 px band labels: whether a state's name fits its band
 # (stroke colour, dash pattern, marker) per lineage: distinct in colour and, in greyscale, in dash and marker
 _LINEAGE_STYLES = (("#1f5fbf", "", "circle"), ("#c0392b", "7 4", "square"), ("#1e8c5a", "2 3", "triangle"))
 _STATE_FILLS = ("#dfe7f2", "#fde2c4", "#d9f0d3", "#f6d5e5", "#fff1b3", "#cfe8ef", "#e8dcf5", "#f9d6d0",
@@ -178,8 +179,8 @@ class _Course:
             out.append(f'<line x1="{x}" y1="{y}" x2="{x + 4}" y2="{y}" stroke="#333333"/>')
             out.append(f'<text x="{x + 7}" y="{_num(self.dose_y(mg, dose_max) + 4)}">{_num(mg)}</text>')
         y_mid = _num((_DOSE_TOP + _DOSE_BOTTOM) / 2)
-        out.append(f'<text x="{WIDTH - 10}" y="{y_mid}" text-anchor="middle" '
-                   f'transform="rotate(90 {WIDTH - 10} {y_mid})">{_text(self.finding.rule.drug_name)} mg/day</text>')
+        out.append(f'<text x="{WIDTH - 16}" y="{y_mid}" text-anchor="middle" '
+                   f'transform="rotate(90 {WIDTH - 16} {y_mid})">{_text(self.finding.rule.drug_name)} mg/day</text>')
         return out
 
     # --- series ------------------------------------------------------------------------------------------
@@ -211,8 +212,9 @@ class _Course:
             out.append(f"<title>{_text(f'{display}, day {first} to {last}')}</title>")
             out.append(f'<rect x="{_num(x1)}" y="{_BAND_TOP}" width="{_num(x2 - x1)}" height="{_BAND_H}" '
                        f'fill="{fill}" stroke="#ffffff" stroke-width="1"/>')
-            if len(display) * _CHAR_PX + 6 <= x2 - x1:
-                out.append(f'<text x="{_num((x1 + x2) / 2)}" y="{_BAND_TOP + 16}" text-anchor="middle">{_text(display)}</text>')
+            if len(display) * _BAND_CHAR_PX + 6 <= x2 - x1:
+                out.append(f'<text x="{_num((x1 + x2) / 2)}" y="{_BAND_TOP + 16}" text-anchor="middle" font-size="10">'
+                           f"{_text(display)}</text>")
             out.append("</g>")
         out.append("</g>")
         return out

@@ -86,7 +86,10 @@ def serve(host: str | None, port: int | None, workers: int, threads: int) -> Non
 @click.option("--guideline", default=None, help="Management guideline version (seed-S004, ASCO-2021).")
 @click.option("--infusion-date", default=None, help="Day 0, overriding the CAR-T infusion in the bundle.")
 @click.option("--validate", "strict", flag_value=True, default=None, help="Full FHIR R4B validation of accepted resources.")
-def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infusion_date: str | None, strict: bool | None) -> None:
+@click.option("--timeline", "timeline_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the cytopenia grades, prednisone doses and regimen states over time as an SVG to this path.")
+def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infusion_date: str | None, strict: bool | None,
+             timeline_path: str | None) -> None:
     """Evaluate a FHIR Bundle FILE ('-' for stdin) and print what POST /evaluate returns."""
     from datetime import datetime, timezone
 
@@ -105,6 +108,14 @@ def evaluate(file: Any, as_of: str | None, fmt: str, guideline: str | None, infu
     except CartoxError as exc:
         click.echo(orjson.dumps(error_outcome(exc.issues, engine.output.codesystem), option=orjson.OPT_INDENT_2).decode())
         sys.exit(2)
+    if timeline_path is not None:
+        from service.fhir_output.timeline_svg import timeline_svg
+
+        try:
+            Path(timeline_path).write_text(timeline_svg(outcome.evaluation, outcome.timeline), encoding="utf-8")
+        except OSError as exc:  # one line, like a configuration error: the output is not printed without its picture
+            click.echo(f"cartox: cannot write the timeline to {timeline_path}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
     click.echo(orjson.dumps(orjson.loads(render(outcome, fmt)), option=orjson.OPT_INDENT_2).decode())
 
 

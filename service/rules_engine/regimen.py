@@ -84,6 +84,8 @@ class RegimenInfo:
     words: Mapping[str, str]
     states: Mapping[str, StateSpec]
     lineage_names: Mapping[str, str]  # grading rule id -> its finding's name (Anemia ...)
+    initial: str  # the state from day 0 until the first transition
+    drug_name: str
 
 
 @dataclass(frozen=True)
@@ -525,7 +527,8 @@ class RegimenRule:
             guideline_citation=" ".join(guideline["citation"].split()), guideline_url=guideline["url"],
             name=words["name"], long_name=words["long_name"],
             caveat=bind_template(words["caveat"], params, (), self.rule_id) if "caveat" in words else None,
-            words=self.words, states=self.states, lineage_names={},
+            words=self.words, states=self.states, lineage_names={}, initial=self.initial,
+            drug_name=document["drug"]["name"],
         )
 
     def procedure(self, concept: str, c: Compiler) -> str:

@@ -8,10 +8,11 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import CartoxError, InputError, Issue
-from service.http_api import cds_hooks, evaluate, health
+from service.http_api import audit, cds_hooks, evaluate, feedback, health
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
 from service.pipeline import Engine
 from service.settings import Settings
+from service.storage import Storage, open_storage
 
 log = logging.getLogger("cartox")
 
@@ -28,13 +29,15 @@ _HTTP_ERRORS = {
 }
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+def create_app(settings: Settings | None = None, engine: Engine | None = None, storage: Storage | None = None) -> Flask:
+    """The application; raises StorageError when the database cannot be used as it is (see service.storage)."""
     settings = settings or (engine.settings if engine else Settings.from_env())
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cartox.engine"] = engine or Engine(settings)
-    for module in (cds_hooks, evaluate, health):
+    app.extensions["cartox.storage"] = storage or open_storage(settings)
+    for module in (audit, cds_hooks, evaluate, feedback, health):
         app.register_blueprint(module.blueprint)
 
     @app.before_request

@@ -9,7 +9,10 @@ from typing import Any, Mapping
 PREFIX = "CARTOX_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings: (smallest, largest) accepted value.
-_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600)}
+_INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600),
+               "audit_write_timeout_ms": (1, 10_000)}
+_DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")
+_AUDIT_KEY_MIN_CHARS = 32
 
 
 def _as_bool(text: str) -> bool:
@@ -38,6 +41,13 @@ class Settings:
     # configurable (window length, waiver lapse, blood-pressure threshold ...).
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # Storage (service.storage): the SQLite file lives in data_dir unless database_url names another database.
+    data_dir: str = "cartox-data"
+    database_url: str = field(default="", repr=False)  # may carry a password
+    audit: bool = True
+    audit_key: str = field(default="", repr=False)  # HMAC key of the patient ids in the audit
+    # The longest a request waits to hand its audit record to the background writer (full queue).
+    audit_write_timeout_ms: int = 50
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -69,6 +79,10 @@ def _parse(name: str, declared: Any, raw: str) -> Any:
             if level not in _LOG_LEVELS:
                 raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
             return level
+        if name == "database_url" and not raw.startswith(_DATABASE_SCHEMES):
+            raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")  # the value may hold a password
+        if name == "audit_key" and len(raw) < _AUDIT_KEY_MIN_CHARS:
+            raise ValueError(f"too short: at least {_AUDIT_KEY_MIN_CHARS} characters")
         if name == "canonical_base" and not raw.startswith(("http://", "https://")):
             raise ValueError(f"expected an http(s) URL, got {raw!r}")
         return raw

@@ -1,4 +1,4 @@
-"""cartox command line: serve | evaluate FILE | rules lint | rules test."""
+"""cartox command line: serve | evaluate FILE | rules lint | rules test | db upgrade | feedback report."""
 
 from __future__ import annotations
 
@@ -67,7 +67,6 @@ def serve(host: str | None, port: int | None, workers: int, threads: int) -> Non
     engine = configured_engine()
     from service.app import create_app
     from service.server import BufferedWSGI, Server
-
     from service.storage import StorageError
 
     settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
@@ -80,8 +79,9 @@ def serve(host: str | None, port: int | None, workers: int, threads: int) -> Non
     Server(application, f"{settings.host}:{settings.port}", workers).run()
 
 
-def _storage_error(error: Exception) -> NoReturn:
-    click.echo(f"cartox: {error}", err=True)
+def _storage_error(message: object) -> NoReturn:
+    """A database the service cannot use: one line, exit status 2 (like a configuration error)."""
+    click.echo(f"cartox: {message}", err=True)
     sys.exit(2)
 
 

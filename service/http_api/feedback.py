@@ -21,7 +21,8 @@ from werkzeug.exceptions import NotFound
 from service.errors import CartoxError, InputError, Issue
 from service.http_api.audit import request_id, storage
 from service.http_api.cds_hooks import ORDER_SERVICE_ID, SERVICE_ID
-from service.http_api.common import json_response, require_json_body
+from service.cds_cards.cards import OVERRIDE_REASONS
+from service.http_api.common import engine, json_response, require_json_body
 from service.storage.feedback import ACCEPTED, OVERRIDDEN, FeedbackItem, OverrideReason
 
 log = logging.getLogger("cartox.feedback")
@@ -31,6 +32,8 @@ SERVICES = (SERVICE_ID, ORDER_SERVICE_ID)
 MAX_ITEMS = 100
 MAX_COMMENT_CHARS = 2000
 _MAX_TEXT = 512
+# The reasons the cards offer (CDS Hooks: a client may also send reasons of its own, in its own system).
+OUR_REASONS = tuple(code for code, _display in OVERRIDE_REASONS)
 # FHIR instant: seconds required, a UTC offset required.
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
@@ -89,6 +92,10 @@ def _override_reason(value: Any, where: str, issues: list[Issue]) -> OverrideRea
             code = _text(reason.get("code"), f"{where}.reason.code", issues, 128)
             if "system" in reason:
                 system = _text(reason["system"], f"{where}.reason.system", issues)
+            if system == engine().output.codesystem and code is not None and code not in OUR_REASONS:
+                issues.append(_bad(f"{code!r} is not one of the cartox override reasons: {', '.join(OUR_REASONS)}",
+                                   f"{where}.reason.code", "code-invalid"))
+                code = None
             if "display" in reason:
                 display = _text(reason["display"], f"{where}.reason.display", issues)
     if "userComment" in value:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Any

@@ -125,6 +125,7 @@ INVALID = [
     ({"feedback": [overridden(overrideReason={"reason": {"display": "no code"}})]}, "feedback[0].overrideReason.reason.code"),
     ({"feedback": [overridden(overrideReason={"reason": {"code": 3}})]}, "feedback[0].overrideReason.reason.code"),
     ({"feedback": [overridden(overrideReason={"userComment": "x" * 2001})]}, "feedback[0].overrideReason.userComment"),
+    ({"feedback": [overridden(overrideReason={"reason": {**REASON["reason"], "code": "override-bored"}})]}, "feedback[0].overrideReason.reason.code"),
     ({"feedback": [accepted(), overridden(outcome="rejected")]}, "feedback[1].outcome"),
     ({"feedback": [overridden(at=f"2026-03-07T12:{i // 60:02d}:{i % 60:02d}Z") for i in range(101)]}, "feedback"),
 ]
@@ -140,6 +141,12 @@ def test_invalid_feedback_is_refused_with_its_location_and_nothing_stored(storag
 def test_every_problem_of_a_request_is_listed(post):
     document = post({"feedback": [accepted(card="x", outcome="maybe")]}).get_json()
     assert [issue["expression"] for issue in document["issue"]] == [["feedback[0].card"], ["feedback[0].outcome"]]
+
+
+def test_a_reason_of_the_client_s_own_system_is_taken(storage_app, post):
+    reason = {"reason": {"system": "https://ehr.example.org/override-reasons", "code": "patient-declined"}}
+    assert post({"feedback": [overridden(overrideReason=reason)]}).status_code == 200
+    assert [(r["override_system"], r["override_code"]) for r in _rows(storage_app)] == [(reason["reason"]["system"], "patient-declined")]
 
 
 def test_fields_outside_the_specification_are_ignored(storage_app, post):

@@ -18,6 +18,8 @@ from service.storage.tables import jwt_replay
 
 # Expired rows are purged by at most one claim per interval and process.
 PURGE_INTERVAL_SECONDS = 60.0
+MAX_ISSUER = jwt_replay.c.issuer.type.length
+MAX_JTI = jwt_replay.c.jti.type.length
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -36,7 +38,11 @@ class SqlReplayStore:
         self._purge_lock = threading.Lock()
 
     def claim(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        """`expires_at`: when the token stops being accepted (its exp plus the leeway the verifier allows)."""
+        """`expires_at`: when the token stops being accepted (its exp plus the leeway the verifier allows).
+
+        An issuer or jti longer than its column (MAX_ISSUER, MAX_JTI) cannot be recorded, so is never accepted."""
+        if not issuer or not jti or len(issuer) > MAX_ISSUER or len(jti) > MAX_JTI:
+            return False
         expires = as_utc(expires_at)
         now = datetime.now(timezone.utc)
         self._purge_now_and_then(now)

@@ -32,6 +32,14 @@ def test_a_jti_is_claimed_once_until_it_expires(store):
     assert store.claim(ISSUER, "jti-2", later) is True
 
 
+def test_ids_too_long_to_record_are_never_accepted(store):
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    assert store.claim(ISSUER, "j" * 257, later) is False
+    assert store.claim("https://" + "i" * 600, "jti-1", later) is False
+    assert store.claim(ISSUER, "", later) is False
+    assert store.claim(ISSUER, "j" * 256, later) is True
+
+
 def test_an_expired_claim_frees_its_jti(store):
     past = datetime.now(timezone.utc) - timedelta(seconds=1)
     assert store.claim(ISSUER, "jti-old", past) is True

@@ -8,12 +8,13 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import CartoxError, InputError, Issue
-from service.http_api import auth, cds_hooks, evaluate, health, prefetch
+from service.http_api import audit, auth, cds_hooks, evaluate, feedback, health, prefetch
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
 from service.pipeline import Engine
 from service.security.config import security_config
 from service.security.replay import ReplayStore
 from service.settings import Settings
+from service.storage import Storage, open_storage
 
 log = logging.getLogger("cartox")
 
@@ -30,8 +31,10 @@ _HTTP_ERRORS = {
 }
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None, replay_store: ReplayStore | None = None) -> Flask:
-    """ValueError naming the variable for a security configuration the service cannot run with."""
+def create_app(settings: Settings | None = None, engine: Engine | None = None, storage: Storage | None = None,
+               replay_store: ReplayStore | None = None) -> Flask:
+    """The application. Raises ValueError naming the variable for a security configuration the service cannot run
+    with, and StorageError when the database cannot be used as it is (see service.storage)."""
     settings = settings or (engine.settings if engine else Settings.from_env())
     security = security_config(settings)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -39,7 +42,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, r
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cartox.engine"] = engine or Engine(settings)
     app.extensions[prefetch.EXTENSION_KEY] = prefetch.init_app_client(settings, development=not security.production)
-    for module in (cds_hooks, evaluate, health):
+    app.extensions["cartox.storage"] = storage = storage or open_storage(settings)
+    for module in (audit, cds_hooks, evaluate, feedback, health):
         app.register_blueprint(module.blueprint)
 
     @app.before_request
@@ -61,7 +65,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, r
         return response
 
     # CORS for the configured origins; authentication per mode (service.http_api.auth, README "Security").
-    auth.install(app, security, replay_store)
+    auth.install(app, security, replay_store or storage.replay)  # jti replay checked across workers (the database)
 
     @app.errorhandler(CartoxError)
     def cartox_error(error: CartoxError) -> Response:

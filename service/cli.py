@@ -1,4 +1,4 @@
-"""cartox command line: serve | evaluate FILE | rules lint | rules test."""
+"""cartox command line: serve | evaluate FILE | rules lint | rules test | db upgrade | feedback report."""
 
 from __future__ import annotations
 
@@ -67,16 +67,76 @@ def serve(host: str | None, port: int | None, workers: int, threads: int) -> Non
     engine = configured_engine()
     from service.app import create_app
     from service.server import BufferedWSGI, Server
+    from service.storage import StorageError
 
     settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
     try:
         app = create_app(settings, engine)
     except ValueError as exc:  # the security configuration (mode, issuers, CORS, API keys)
         _configuration_error(str(exc))
+    except StorageError as exc:
+        _storage_error(exc)
     application = BufferedWSGI(app, settings.max_body_bytes, settings.body_timeout_seconds, threads)
     mode = app.extensions["cartox.security"].mode
     click.echo(f"cartox listening on http://{settings.host}:{settings.port} ({mode} mode, rule set {engine.rules.version})", err=True)
     Server(application, f"{settings.host}:{settings.port}", workers).run()
+
+
+def _storage_error(message: object) -> NoReturn:
+    """A database the service cannot use: one line, exit status 2 (like a configuration error)."""
+    click.echo(f"cartox: {message}", err=True)
+    sys.exit(2)
+
+
+def _database_url() -> str:
+    from service.storage.database import database_url
+
+    try:
+        return database_url(Settings.from_env())
+    except ValueError as exc:
+        _configuration_error(str(exc))
+
+
+@main.group()
+def db() -> None:
+    """The database of the audit, the feedback and the JWT replay check (README "Storage")."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database (CARTOX_DATABASE_URL, else the SQLite file in CARTOX_DATA_DIR) to this version's schema."""
+    from service.storage.database import head_revision, shown_url, upgrade
+
+    url = _database_url()
+    try:
+        upgrade(url)
+    except Exception as exc:  # unreachable server, a revision unknown to this version ...
+        _storage_error(f"database {shown_url(url)} could not be upgraded: {str(exc).splitlines()[0]}")
+    click.echo(f"database {shown_url(url)} at revision {head_revision()}")
+
+
+@main.group()
+def feedback() -> None:
+    """Clinicians' feedback on the cards."""
+
+
+@feedback.command("report")
+def feedback_report() -> None:
+    """Acceptance and override rates per rule and card, with the override reasons."""
+    from service.storage import StorageError
+    from service.storage.database import Database, check_schema
+    from service.storage.report import card_rates, report_lines
+
+    url = _database_url()
+    try:
+        check_schema(url)
+    except StorageError as exc:
+        _storage_error(exc)
+    database = Database(url)
+    try:
+        click.echo("\n".join(report_lines(card_rates(database))))
+    finally:
+        database.dispose()
 
 
 @main.command()

@@ -11,10 +11,13 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings: (smallest, largest) accepted value.
 _INT_RANGES = {"port": (1, 65535), "max_body_bytes": (1, 2**31 - 1), "body_timeout_seconds": (1, 3600),
                "fhir_max_pages": (1, 1000), "fhir_page_size": (1, 10000),
-               "jwt_leeway_seconds": (0, 300), "jwks_min_refresh_seconds": (0, 3600)}
+               "jwt_leeway_seconds": (0, 300), "jwks_min_refresh_seconds": (0, 3600),
+               "audit_write_timeout_ms": (1, 10_000)}
 # Float settings (seconds): (smallest, largest) accepted value.
 _FLOAT_RANGES = {"fhir_connect_timeout_seconds": (0.05, 60.0), "fhir_read_timeout_seconds": (0.05, 120.0),
                  "fhir_fetch_budget_seconds": (0.1, 120.0)}
+_DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")
+_AUDIT_KEY_MIN_CHARS = 32
 
 
 def _as_bool(text: str) -> bool:
@@ -64,6 +67,13 @@ class Settings:
     api_keys: str = field(default="", repr=False)  # comma-separated keys for /evaluate
     allow_test_parameters: bool = False
     allow_insecure_development: bool = False
+    # Storage (service.storage): the SQLite file lives in data_dir unless database_url names another database.
+    data_dir: str = "cartox-data"
+    database_url: str = field(default="", repr=False)  # may carry a password
+    audit: bool = True
+    audit_key: str = field(default="", repr=False)  # HMAC key of the patient ids in the audit
+    # The longest a request waits to hand its audit record to the background writer (full queue).
+    audit_write_timeout_ms: int = 50
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -99,6 +109,10 @@ def _parse(name: str, declared: Any, raw: str) -> Any:
             if level not in _LOG_LEVELS:
                 raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
             return level
+        if name == "database_url" and not raw.startswith(_DATABASE_SCHEMES):
+            raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")  # the value may hold a password
+        if name == "audit_key" and len(raw) < _AUDIT_KEY_MIN_CHARS:
+            raise ValueError(f"too short: at least {_AUDIT_KEY_MIN_CHARS} characters")
         if name == "canonical_base" and not raw.startswith(("http://", "https://")):
             raise ValueError(f"expected an http(s) URL, got {raw!r}")
         return raw

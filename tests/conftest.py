@@ -54,12 +54,13 @@ def _load_generator() -> ModuleType:
 # Service
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def engine():
+def engine(tmp_path_factory):
     from service.pipeline import Engine
     from service.settings import Settings
 
-    # Default settings, not the environment's: the suites assert the documented defaults.
-    return Engine(Settings())
+    # Default settings, not the environment's: the suites assert the documented defaults. The audit and
+    # feedback database goes to a temporary directory, not the working directory's cartox-data.
+    return Engine(Settings(data_dir=str(tmp_path_factory.mktemp("cartox-data"))))
 
 
 @pytest.fixture(scope="session")

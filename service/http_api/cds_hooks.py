@@ -3,6 +3,7 @@ glucocorticoid and tocilizumab orders (car-t-glucocorticoid-order-check), both w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,9 +15,11 @@ from service.cds_cards.orders import order_cards
 from service.fhir_input.decode import DraftOrder, Partial, decode_bundle, decode_resource, split_validation_message
 from service.fhir_input.normalise.draft_order import read_order
 from service.rules_engine.load import check_orders
+from service.http_api.audit import audit_evaluation
 from service.http_api.common import as_of_parameter, engine, infusion_parameter, json_response, require_json_body
 from service.http_api.prefetch import complete_prefetch, verified_callers
 from service.pipeline import Engine, Outcome, RequestOptions
+from service.storage.audit import card_resource_ids
 from service.timeline.build import SourcedEntry, entries_from_bundle
 
 SERVICE_ID = "car-t-toxicity"
@@ -166,13 +169,23 @@ def _evaluate_hook(hook_request: HookRequest) -> Outcome:
 
 @blueprint.post(f"/cds-services/{SERVICE_ID}")
 def call_service() -> Response:
-    return json_response(_evaluate_hook(_decode_request(require_json_body())).cds_response())
+    body = require_json_body()
+    hook_request = _decode_request(body)
+    outcome = _evaluate_hook(hook_request)
+    _audit(SERVICE_ID, body, hook_request, outcome, outcome.cards)
+    return json_response(outcome.cds_response())
+
+
+def _audit(service_id: str, body: bytes, hook_request: HookRequest, outcome: Outcome, cards: Sequence[dict[str, Any]]) -> None:
+    audit_evaluation(service_id, body, outcome, cards, card_resource_ids(cards), hook_request.hookInstance,
+                     (hook_request.context or {}).get("patientId"))
 
 
 @blueprint.post(f"/cds-services/{ORDER_SERVICE_ID}")
 def call_order_check() -> Response:
     """order-sign: cards for the draft glucocorticoid and tocilizumab orders only (none for other drugs)."""
-    hook_request = _decode_request(require_json_body(), ORDER_HOOK, ORDER_SERVICE_ID)
+    body = require_json_body()
+    hook_request = _decode_request(body, ORDER_HOOK, ORDER_SERVICE_ID)
     drafts = draft_orders((hook_request.context or {}).get("draftOrders"))
     outcome = _evaluate_hook(hook_request)
     service = engine()
@@ -180,6 +193,7 @@ def call_order_check() -> Response:
               for draft, raw, location in drafts.readable]
     results = check_orders(service.rules, orders, outcome.timeline, outcome.evaluation)
     cards = order_cards(results, drafts.unreadable, service.rules.order_check, service.output, outcome.timeline.patient)
+    _audit(ORDER_SERVICE_ID, body, hook_request, outcome, cards)
     return json_response({"cards": cards})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from service.errors import InputError, Issue
+from service.http_api.audit import audit_evaluation
 from service.http_api.common import (
     FHIR_JSON,
     as_of_parameter,
@@ -59,6 +60,8 @@ def evaluate() -> Response:
     service = engine()
     service.check_guideline(options.guideline)
     outcome = service.evaluate_bundle_bytes(body, options)
+    output_ids = [resource["id"] for resource in (*outcome.resources, outcome.operation_outcome)]
+    audit_evaluation("evaluate", body, outcome, outcome.cards if fmt == "cards" else (), output_ids)
     return Response(render(outcome, fmt), mimetype=FHIR_JSON if fmt == "fhir" else "application/json")
 
 

@@ -71,12 +71,30 @@ def risk_assessment(finding: Finding | MetricsFinding | PhasedFinding | RegimenF
     return _RISK_ASSESSMENT_BY_KIND[finding.kind](finding, timeline, config, resource_id, management_guideline, terms)
 
 
+def _assessment_head(rule: Any, profile: str, extensions: list[dict[str, Any]], method_text: str, timeline: Timeline,
+                     config: OutputConfig, resource_id: str) -> dict[str, Any]:
+    """What every finding kind's RiskAssessment starts with: id, profile, extensions, code and method of the rule,
+    subject, evaluation time."""
+    cs = config.codesystem
+    return {
+        "resourceType": "RiskAssessment",
+        "id": resource_id,
+        "meta": {"profile": [profile]},
+        "extension": extensions,
+        "status": "final",
+        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
+        "subject": subject_of(timeline),
+        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
+        "method": {"coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
+                   "text": method_text},
+    }
+
+
 def _grading_risk_assessment(finding: Finding, timeline: Timeline, config: OutputConfig, resource_id: str,
                              management_guideline: str, terms: Terminology) -> dict[str, Any]:
     """Profile cartox-risk-assessment: prediction[0] the current grade, prediction[1] the maximum since day 0."""
     rule = finding.rule
     words = rule.presentation
-    cs = config.codesystem
     day_zero = timeline.day_zero
     missing = list(dict.fromkeys(finding.current.missing + finding.maximum.missing))
     method_text = (
@@ -99,22 +117,8 @@ def _grading_risk_assessment(finding: Finding, timeline: Timeline, config: Outpu
         notes.append({"text": "Day 0 (CAR-T infusion) unknown: the maximum grade covers all data sent, and day-relative findings are unknown."})
     current_start = finding.current.window.start if day_zero is None else max(finding.current.window.start, day_zero.time)
     max_start = day_zero.time if day_zero else finding.maximum.window.start
-    resource = {
-        "resourceType": "RiskAssessment",
-        "id": resource_id,
-        "meta": {"profile": [config.profile("cartox-risk-assessment")]},
-        "extension": extensions,
-        "status": "final",
-        "code": {
-            "coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}],
-            "text": rule.title,
-        },
-        "subject": subject_of(timeline),
-        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
-        "method": {
-            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
-            "text": method_text,
-        },
+    resource: dict[str, Any] = {
+        **_assessment_head(rule, config.profile("cartox-risk-assessment"), extensions, method_text, timeline, config, resource_id),
         "prediction": [
             _prediction(finding, finding.current, config, f"current, last {rule.window_hours:g} h",
                         current_start, timeline, terms),
@@ -162,19 +166,9 @@ def _metrics_risk_assessment(finding: MetricsFinding, timeline: Timeline, config
     if finding.reached:
         rationale += ". Thresholds reached: " + "; ".join(f"{t.code} ({t.text})" for t in finding.reached)
     notes = [{"text": text} for text in _metrics_notes(finding)]
+    method = f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); sources {rule.guideline_id}: {rule.guideline_citation}"
     resource: dict[str, Any] = {
-        "resourceType": "RiskAssessment",
-        "id": resource_id,
-        "meta": {"profile": [config.profile(rule.profile)]},
-        "extension": extensions,
-        "status": "final",
-        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
-        "subject": subject_of(timeline),
-        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
-        "method": {
-            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
-            "text": f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); sources {rule.guideline_id}: {rule.guideline_citation}",
-        },
+        **_assessment_head(rule, config.profile(rule.profile), extensions, method, timeline, config, resource_id),
         "prediction": [{
             "extension": [{"url": config.profile("data-completeness"), "valueCode": "incomplete" if finding.missing else "complete"}],
             "outcome": {"coding": [{"system": cs, "code": outcome, "display": rule.words[outcome].capitalize()}], "text": summary},
@@ -226,22 +220,11 @@ def _regimen_risk_assessment(finding: RegimenFinding, timeline: Timeline, config
     notes += list(finding.warnings) + list(finding.notes)
     if rule.caveat:
         notes.append(rule.caveat)
+    extensions = [{"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
+                  {"url": config.profile("guideline-version"), "valueString": rule.guideline_id}]
+    method = f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); source {rule.guideline_id}: {rule.guideline_citation}"
     resource: dict[str, Any] = {
-        "resourceType": "RiskAssessment",
-        "id": resource_id,
-        "meta": {"profile": [config.profile("cartox-regimen-status")]},
-        "extension": [
-            {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
-            {"url": config.profile("guideline-version"), "valueString": rule.guideline_id},
-        ],
-        "status": "final",
-        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
-        "subject": subject_of(timeline),
-        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
-        "method": {
-            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
-            "text": f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); source {rule.guideline_id}: {rule.guideline_citation}",
-        },
+        **_assessment_head(rule, config.profile("cartox-regimen-status"), extensions, method, timeline, config, resource_id),
         "prediction": [{
             "outcome": {"coding": [{"system": cs, "code": finding.state, "display": spec.display}],
                         "text": finding.summary()},
@@ -274,7 +257,6 @@ def _phased_risk_assessment(finding: PhasedFinding, timeline: Timeline, config: 
     """Profile cartox-phased-risk-assessment: one prediction per phase of the rule, in rule order (ICAHT:
     prediction[0] early, prediction[1] late), each with the phase's period and the values it rests on in basis."""
     rule = finding.rule
-    cs = config.codesystem
     extensions = [
         {"url": config.profile("rule-set-version"), "valueString": finding.rule_set_version},
         {"url": config.profile("guideline-version"), "valueString": management_guideline},
@@ -282,20 +264,10 @@ def _phased_risk_assessment(finding: PhasedFinding, timeline: Timeline, config: 
     notes = [{"text": rule.caveat}] if rule.caveat else []
     if not finding.day_zero_known:
         notes.append({"text": "Day 0 (CAR-T infusion) unknown: no phase can be placed, so none is assessable."})
+    method = (f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); "
+              f"grading guideline {rule.guideline_id}: {rule.guideline_citation}")
     resource: dict[str, Any] = {
-        "resourceType": "RiskAssessment",
-        "id": resource_id,
-        "meta": {"profile": [config.profile(rule.profile)]},
-        "extension": extensions,
-        "status": "final",
-        "code": {"coding": [{"system": cs, "code": rule.assessment_code, "display": rule.title}], "text": rule.title},
-        "subject": subject_of(timeline),
-        "occurrenceDateTime": timeline.fhir_time(timeline.as_of),
-        "method": {
-            "coding": [{"system": cs, "code": rule.assessment_code, "version": rule.rule_version, "display": rule.title}],
-            "text": (f"Rule {rule.rule_id} {rule.rule_version} (rule set {finding.rule_set_version}); "
-                     f"grading guideline {rule.guideline_id}: {rule.guideline_citation}"),
-        },
+        **_assessment_head(rule, config.profile(rule.profile), extensions, method, timeline, config, resource_id),
         "prediction": [_phase_prediction(finding, phase, config, timeline) for phase in finding.phases],
     }
     if notes:

@@ -174,7 +174,9 @@ class ThresholdState:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsInfo:
+class RuleIdentity:
+    """What every finding kind's rule says of itself (RiskAssessment code and method, card source)."""
+
     rule_id: str
     rule_version: str
     title: str
@@ -182,6 +184,10 @@ class MetricsInfo:
     guideline_id: str
     guideline_citation: str
     guideline_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsInfo(RuleIdentity):
     name: str  # e.g. "Glucocorticoid exposure"
     long_name: str
     caveat: str | None

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from service.errors import RulesError
 from service.fhir_input.concepts import Terminology
 from service.rules_engine.conditions import Compiler
+from service.rules_engine.model import RuleIdentity
 from service.rules_engine.presentation import bind_template
 from service.timeline.facts import DayZero, Measurement, Timeline
 
@@ -67,14 +68,7 @@ class PhaseResult:
 
 
 @dataclass(frozen=True, slots=True)
-class PhasedInfo:
-    rule_id: str
-    rule_version: str
-    title: str
-    assessment_code: str
-    guideline_id: str
-    guideline_citation: str
-    guideline_url: str
+class PhasedInfo(RuleIdentity):
     profile: str  # its RiskAssessment profile
     name: str  # e.g. "ICAHT"
     long_name: str
@@ -313,7 +307,6 @@ class PhasedRule:
 
     def _confirmed_grade(self, phase: _Phase, values: tuple[Measurement, ...], day_zero: DayZero
                          ) -> tuple[list[tuple[int, str, tuple[Measurement, ...]]], list[str]]:
-        words = self.words
         grade, threshold, confirming = 0, None, ()
         for level, limit in phase.confirmed:
             below = tuple(m for m in values if m.value <= limit)
@@ -323,12 +316,11 @@ class PhasedRule:
         lowest = min(values, key=lambda m: m.value)
         worse = [level for level, limit in phase.confirmed if lowest.value <= limit and level > grade]
         if worse:
-            notes.append(self._say("unconfirmed", value=f"{lowest.value:g}",
-                                                     day=day_zero.day_of(lowest.time), count=phase.confirm_values))
+            notes.append(self._say("unconfirmed", value=f"{lowest.value:g}", day=day_zero.day_of(lowest.time),
+                                   count=phase.confirm_values))
         if threshold is None:
             first_limit = phase.confirmed[0][1]
-            return [(0, self._say("not_confirmed", threshold=first_limit,
-                                                      count=phase.confirm_values), ())], notes
+            return [(0, self._say("not_confirmed", threshold=first_limit, count=phase.confirm_values), ())], notes
         days = ", ".join(str(day_zero.day_of(m.time)) for m in confirming)
         text = self._say("confirmed", threshold=threshold, count=len(confirming), days=days)
         return [(grade, text, confirming)], notes

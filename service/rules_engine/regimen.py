@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 from service.errors import RulesError
 from service.rules_engine.conditions import Compiler
 from service.rules_engine.management import GIVE_NOW, Plan, PlannedAction
-from service.rules_engine.model import Window
+from service.rules_engine.model import RuleIdentity, Window
 from service.rules_engine.presentation import bind_template
 from service.timeline.facts import Fact, Measurement, Timeline
 
@@ -70,14 +70,7 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
-class RegimenInfo:
-    rule_id: str
-    rule_version: str
-    title: str
-    assessment_code: str
-    guideline_id: str
-    guideline_citation: str
-    guideline_url: str
+class RegimenInfo(RuleIdentity):
     name: str
     long_name: str
     caveat: str | None

@@ -294,10 +294,13 @@ def detail(item: CardInput, timeline: Timeline, terms: Terminology) -> str:
 
 def _grading_shows(finding: Finding) -> bool:
     """Grade 0 gives no card; neither do grades below the rule's card_from_grade, nor not-assessable for a rule
-    graded on occasional laboratory values (the RiskAssessment still says each)."""
+    graded on occasional laboratory values or after the rule's monitoring period (the RiskAssessment still says
+    each)."""
     grade, words = finding.current.grade, finding.rule.presentation
     if grade is None:
-        return not words.quiet_when_not_assessable
+        until = words.not_assessable_card_until_day
+        late = until is not None and finding.day is not None and finding.day > until
+        return not (words.quiet_when_not_assessable or late)
     return grade >= max(words.card_from_grade, 1)
 
 
@@ -327,7 +330,9 @@ _KINDS: dict[str, _CardKind] = {
         shows=lambda f: f.shows, summary=lambda f: _short(f.summary()), indicator=lambda f: f.spec.indicator or "info",
         state=lambda f: f.spec.display, parts=_regimen_parts, caveat=lambda f: f.rule.caveat),
     "metrics": _CardKind(
-        shows=lambda f: bool(f.evidence), summary=lambda f: _short(f.summary(recent=True)), indicator=_metrics_indicator,
+        # a card when a counted dose is of an indication the thresholds are about (the others are in the RiskAssessment)
+        shows=lambda f: bool(f.evidence) and f.outcome != f.rule.none_outcome, summary=lambda f: _short(f.summary(recent=True)),
+        indicator=_metrics_indicator,
         state=lambda f: f.rule.words[f.outcome or "not-assessable"], parts=_metrics_parts, caveat=lambda f: f.rule.caveat),
     "phased": _CardKind(
         shows=lambda f: (f.level or 0) >= 1, summary=lambda f: _short(f.headline(f.worst)), indicator=lambda f: indicator(f.level),

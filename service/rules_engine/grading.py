@@ -178,8 +178,9 @@ class GradingRule:
             onset_day = timeline.day_zero.day_of(onset)
         atypical = onset_day is not None and self.atypical_after is not None and onset_day > self.atypical_after
         episode = self.episode.find(ctx, self.window) if self.episode and current.grade else None
+        day = timeline.day_zero.day_of(as_of) if timeline.day_zero is not None else None
         finding = Finding(self.info, rule_set_version, current, maximum, onset, onset_day, atypical,
-                          timeline.day_zero is not None, episode)
+                          timeline.day_zero is not None, episode, day)
         return finding, RuleHistory(self, ctx)
 
     def _notes(self, ctx: Context, window: Window) -> tuple[str, ...]:

@@ -185,6 +185,7 @@ class MetricsRule:
             name=self.words["name"], long_name=self.words["long_name"], caveat=self.words.get("caveat"),
             profile=document["output"]["profile"], extensions=dict(document["output"]["extensions"]),
             threshold_extension=document["output"]["threshold_extension"], words=self.words,
+            none_outcome=self.outcome_codes["none"],
         )
         unknown = set(self.info.extensions) - set(self.metrics)
         if unknown:

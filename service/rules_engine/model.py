@@ -110,6 +110,7 @@ class Finding:
     atypical_onset: bool
     day_zero_known: bool
     episode: Episode | None = None
+    day: int | None = None  # the evaluation day after infusion (None without day 0)
 
     @property
     def level(self) -> int | None:
@@ -195,6 +196,7 @@ class MetricsInfo(RuleIdentity):
     extensions: Mapping[str, str]  # metric -> extension name
     threshold_extension: str
     words: Mapping[str, str]  # the rule's presentation texts (summary, outcome and indication words ...)
+    none_outcome: str  # the outcome when no dose counts toward the thresholds (e.g. only other indications)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class Presentation:
     atypical_onset: str | None  # shown when onset is atypical
     quiet_when_not_assessable: bool = False  # no card while not-assessable (graded on occasional laboratory values)
     card_from_grade: int = 1  # lower grades are in the RiskAssessment only (e.g. mild cytopenia is expected after CAR-T)
+    not_assessable_card_until_day: int | None = None  # later, not-assessable is in the RiskAssessment only
     criteria: Mapping[str, CriterionWords] = field(default_factory=dict)
 
     @property
@@ -94,5 +95,6 @@ class Presentation:
             atypical_onset=bind(spec.get("atypical_onset")),
             quiet_when_not_assessable=bool(spec.get("quiet_when_not_assessable")),
             card_from_grade=int(spec.get("card_from_grade", 1)),
+            not_assessable_card_until_day=spec.get("not_assessable_card_until_day"),
             criteria=worded,
         )

@@ -165,7 +165,7 @@ def _in_window(timeline: Timeline, concept: str, window: Window) -> tuple[Measur
 def _administrations(timeline: Timeline, concepts: frozenset[str], window: Window) -> list[Administration]:
     """Administrations running at any moment of (start, end]: points inside it, intervals overlapping it."""
     found = []
-    for concept in concepts:
+    for concept in sorted(concepts):  # a set's order changes with the process's hash seed: outputs must not
         for fact in timeline.administrations.get(concept, ()):
             if fact.time > window.end:
                 break

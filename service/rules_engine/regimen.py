@@ -561,7 +561,7 @@ class RegimenRule:
         found: list[Fact] = [a for m in medications for a in timeline.administrations.get(m, ())
                              if start <= a.time <= end and a.status in _STATUSES_GIVEN]
         found += [p for name in procedures for p in timeline.procedures.get(name, ()) if start <= p.time <= end]
-        return sorted(found, key=lambda f: f.time)
+        return sorted(found, key=lambda f: (f.time, f.source))  # the same order whatever the sets' order
 
     def first_given(self, run: _Run, condition: str, moment: datetime) -> datetime | None:
         medications, procedures, start_of = self.conditions[condition].items  # type: ignore[attr-defined]
@@ -579,7 +579,7 @@ class RegimenRule:
                                              zero or moment, moment)] if zero else []
         found += [f for name in self.excluding_findings for f in timeline.findings.get(name, ())
                   if f.time <= moment and f.verification_status not in _REFUTED]
-        return min(found, key=lambda f: f.time) if found else None
+        return min(found, key=lambda f: (f.time, f.source)) if found else None
 
     def rounded(self, mg: float) -> float:
         return math.floor(mg / self.step + 0.5) * self.step

@@ -8,8 +8,10 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import CartoxError, InputError, Issue
-from service.http_api import cds_hooks, evaluate, health
+from service.http_api import bench, cds_hooks, evaluate, health, openapi
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
+from service.observability.instrument import instrument
+from service.observability.logs import configure_logging
 from service.pipeline import Engine
 from service.settings import Settings
 
@@ -30,12 +32,16 @@ _HTTP_ERRORS = {
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     settings = settings or (engine.settings if engine else Settings.from_env())
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = Flask(__name__)
+    configure_logging(settings.log_level)
+    app = Flask(__name__, static_folder=None)  # no static files: no /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cartox.engine"] = engine or Engine(settings)
-    for module in (cds_hooks, evaluate, health):
+    instrument(app)  # first: every request, even one refused by a later hook, gets its id and metrics
+    for module in (cds_hooks, evaluate, health, openapi):
         app.register_blueprint(module.blueprint)
+    if settings.bench_endpoints:
+        app.register_blueprint(bench.blueprint)
+    health.register_readiness_check(app, "rules", health.rules_loaded)
 
     @app.before_request
     def body_verdict() -> None:

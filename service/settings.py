@@ -38,6 +38,8 @@ class Settings:
     # configurable (window length, waiver lapse, blood-pressure threshold ...).
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # bench/: POST /bench/loads, the floor of a JSON endpoint under the same server (never in production).
+    bench_endpoints: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -13,6 +13,9 @@ type; aud = the URL called, a new jti, a short exp), or an API key for /evaluate
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,8 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import jwt
 import orjson
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.rule_cases.cases import Case, CaseFailure, case_bundle, load_cases, run_case
 from service.settings import Settings
@@ -42,10 +49,6 @@ class Signer:
     """Mints one JWT per call as a CDS Client does (CDS Hooks 2.0 security)."""
 
     def __init__(self, private_key_pem: bytes, issuer: str, key_id: str | None = None) -> None:
-        import jwt
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         try:
             key = load_pem_private_key(private_key_pem, password=None)
         except (ValueError, TypeError) as exc:
@@ -61,24 +64,16 @@ class Signer:
         self._key = key
         self.issuer = issuer
         self.key_id = key_id or key_thumbprint(self._key.public_key())
-        self._jwt = jwt
 
     def token(self, audience: str) -> str:
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": self.issuer, "aud": audience, "iat": now, "exp": now + TOKEN_LIFETIME_SECONDS,
                   "jti": str(uuid.uuid4())}
-        return self._jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.key_id, "typ": "JWT"})
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.key_id, "typ": "JWT"})
 
 
 def key_thumbprint(public_key: Any) -> str:
     """RFC 7638 JWK thumbprint (SHA-256, base64url): the key's kid unless one is given."""
-    import base64
-    import hashlib
-    import json
-
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-
     algorithm = ECAlgorithm if isinstance(public_key, ec.EllipticCurvePublicKey) else RSAAlgorithm
     jwk = json.loads(algorithm.to_jwk(public_key))
     members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")

@@ -64,17 +64,17 @@ def _configuration_error(message: str) -> NoReturn:
               help="Threads per worker that run the application on fully received requests.")
 def serve(host: str | None, port: int | None, workers: int, threads: int) -> None:
     """Start the HTTP service (README "Worker model"); rules are compiled before the first request."""
-    from service.observability.multiproc import multiprocess_metrics_dir
-
     engine = configured_engine()
-    with multiprocess_metrics_dir():  # before the app imports prometheus_client: /metrics adds up all workers
-        from service.app import create_app
-        from service.server import BufferedWSGI, Server
+    from service.observability.multiproc import prepare_multiprocess_metrics
 
-        settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
-        application = BufferedWSGI(create_app(settings, engine), settings.max_body_bytes, settings.body_timeout_seconds, threads)
-        click.echo(f"cartox listening on http://{settings.host}:{settings.port} (rule set {engine.rules.version})", err=True)
-        Server(application, f"{settings.host}:{settings.port}", workers, settings.log_level).run()
+    prepare_multiprocess_metrics()  # before the app imports prometheus_client: /metrics adds up all workers
+    from service.app import create_app
+    from service.server import BufferedWSGI, Server
+
+    settings = engine.settings.with_values(host=host or engine.settings.host, port=port or engine.settings.port)
+    application = BufferedWSGI(create_app(settings, engine), settings.max_body_bytes, settings.body_timeout_seconds, threads)
+    click.echo(f"cartox listening on http://{settings.host}:{settings.port} (rule set {engine.rules.version})", err=True)
+    Server(application, f"{settings.host}:{settings.port}", workers, settings.log_level).run()
 
 
 @main.command()

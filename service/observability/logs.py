@@ -28,13 +28,28 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
+# Exceptions as a list of frames (file, line, function) and types: no local variables and no exception
+# message, either of which may hold a request's data (a value that failed to parse, a resource ...).
+_TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+
+
+def _without_exception_messages(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for exception in event.get("exception") or ():
+        if isinstance(exception, dict):
+            exception.pop("exc_value", None)
+            exception.pop("exc_notes", None)
+            exception.pop("syntax_error", None)
+    return event
+
+
 def json_formatter() -> logging.Formatter:
     """The formatter of every cartox log handler: a JSON object a line (exceptions as a structured list)."""
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks,
+            _TRACEBACKS,
+            _without_exception_messages,
             structlog.processors.JSONRenderer(),
         ],
     )

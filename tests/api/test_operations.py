@@ -139,16 +139,21 @@ def test_an_unexpected_error_is_logged_as_json_with_its_request_id(app_factory, 
     application = app_factory()
     from service.pipeline import Engine
 
-    def explode(*_args, **_kwargs):
-        raise RuntimeError("boom")
+    def explode(_engine, body: bytes, *_args, **_kwargs):
+        patient_name = "Doe-Secretname"  # a local variable of the failing frame: never logged
+        raise RuntimeError(f"cannot read {patient_name}")
 
     monkeypatch.setattr(Engine, "evaluate_bundle_bytes", explode)
-    response = application.test_client().post("/evaluate", data=b"{}", content_type="application/fhir+json",
+    response = application.test_client().post("/evaluate", data=b'{"name": "pat-secret-9731"}', content_type="application/fhir+json",
                                               headers={"X-Request-ID": "crash-7"})
     assert response.status_code == 500
     errors = [line for line in log_lines() if line["level"] == "error"]
     assert len(errors) == 1 and errors[0]["request_id"] == "crash-7"
-    assert errors[0]["exception"][0]["exc_type"] == "RuntimeError"
+    exception = errors[0]["exception"][0]
+    assert exception["exc_type"] == "RuntimeError"
+    assert exception["frames"][-1]["name"] == "explode"  # where it failed, to debug from
+    text = json.dumps(errors)
+    assert "Secretname" not in text and "pat-secret-9731" not in text
 
 
 def test_bench_endpoint_only_when_enabled(app_factory, client):

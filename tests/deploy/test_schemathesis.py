@@ -1,6 +1,7 @@
 """schemathesis against a running `cartox serve`, driven by the OpenAPI document it serves at /openapi.json:
-no 5xx, and every response (status, content type, body) is one the document describes. Examples are
-bounded per operation so that the run stays well under a minute."""
+no 5xx, every response (status, content type, body) is one the document describes, and every CDS Hooks
+document among them passes the CDS Hooks 2.0 conformance check. Examples are bounded per operation so that
+the run stays well under a minute."""
 
 from __future__ import annotations
 
@@ -32,5 +33,10 @@ def test_served_document_is_the_packaged_one(cartox_server):
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
-def test_api_answers_as_documented(case, cartox_server):
-    case.call_and_validate(base_url=cartox_server.base_url, checks=CHECKS, timeout=30)
+def test_api_answers_as_documented(case, cartox_server, cds_conformance):
+    response = case.call_and_validate(base_url=cartox_server.base_url, checks=CHECKS, timeout=30)
+    content_type = next((values[0] for name, values in response.headers.items() if name.lower() == "content-type"), "")
+    mimetype = content_type.split(";")[0].strip()
+    kind = cds_conformance.document_kind(case.method, case.formatted_path, response.status_code, mimetype)
+    if kind is not None:
+        assert cds_conformance.violations(response.json(), kind) == []

@@ -86,3 +86,54 @@ def test_output_does_not_depend_on_the_hash_seed(tmp_path):
     outputs = [subprocess.run([str(CARTOX), "evaluate", str(bundle), "--as-of", AS_OF, "--format", "fhir"], capture_output=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120, check=True).stdout for seed in ("0", "1")]
     assert outputs[0] == outputs[1]
+
+
+def test_every_call_carries_its_own_token_for_the_url_called(tmp_path):
+    """A recording endpoint stands in for the deployment: each token verifies with the client's public key,
+    names the URL it was sent to as aud, and has a jti of its own; the API key goes to /evaluate instead."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import jwt
+
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    recorder = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{recorder.server_address[1]}/cartox"
+    key = ec.generate_private_key(ec.SECP384R1())
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    try:
+        signed = _check("--url", base, "--signing-key", str(key_file), "--issuer", "https://ehr.example.org", "-k", "fever-only-grade-1")
+        keyed = _check("--url", base, "--signing-key", str(key_file), "--issuer", "https://ehr.example.org", "--api-key", "k-42",
+                       "-k", "fever-only-grade-1")
+    finally:
+        recorder.shutdown()
+    assert signed.returncode == keyed.returncode == 1  # nothing answered as cartox does
+    paths = [path.split("?")[0] for path, _ in seen]
+    assert paths == ["/cartox/cds-services", "/cartox/cds-services/car-t-toxicity", "/cartox/evaluate", "/cartox/evaluate"] * 2
+    jtis = []
+    for (path, headers), api_key_run in zip(seen, [False] * 4 + [True] * 4):
+        if api_key_run and path.startswith("/cartox/evaluate"):
+            assert headers["x-api-key"] == "k-42" and "authorization" not in headers
+            continue
+        token = headers["authorization"].removeprefix("Bearer ")
+        claims = jwt.decode(token, key.public_key(), algorithms=["ES384"], audience="http://127.0.0.1:%d%s" % (
+            recorder.server_address[1], path.split("?")[0]), issuer="https://ehr.example.org")
+        assert claims["exp"] - claims["iat"] == 60
+        jtis.append(claims["jti"])
+    assert len(jtis) == len(set(jtis)) == 6

@@ -31,6 +31,19 @@ def _healthz_count(metrics_text: str) -> float:
     return 0.0
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (from /proc/*/stat: the children files miss some)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 def _metrics_dir_of(pid: int) -> Path | None:
     """The multiprocess directory, from the value files a worker keeps open."""
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -55,8 +68,8 @@ def test_metrics_add_up_across_workers_and_log_lines_carry_request_ids(serve_car
         list(pool.map(probe, range(REQUESTS)))
     assert _healthz_count(_get(f"{server.base_url}/metrics")[2]) - before == REQUESTS
 
-    workers = [int(pid) for pid in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()]
-    assert len(workers) == 2
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2, workers
     metrics_dir = next(d for d in map(_metrics_dir_of, workers) if d is not None)
     # A worker that stops keeps its counts: kill one (gunicorn starts another) and the total stays.
     os.kill(workers[0], signal.SIGKILL)

@@ -12,10 +12,19 @@ is the ratio median(evaluate) / median(orjson.loads).
 Over HTTP (``--http``): start ``cartox serve`` on 127.0.0.1 and a free port,
 POST each variant sequentially to ``/evaluate`` and report latency percentiles.
 
+HTTP ratios (``--http-ratio``): the 30-day call (``full``, cards) against the bare
+endpoint ``POST /bench/loads`` (``orjson.loads`` of the same body, nothing else)
+under the same server (CARTOX_BENCH_ENDPOINTS=true), requests interleaved; with
+``--secured-env`` / ``--signing-key``, also the same call on a second server with
+JWT and audit on (a fresh token per request, minted outside the timed region)
+against the first.
+
 Usage::
 
     python bench/run.py [--rounds 15] [--json out.json]
     python bench/run.py --http [--requests 200]
+    python bench/run.py --http-ratio [--ratio-requests 100]
+    python bench/run.py --http-ratio --secured-env CARTOX_X=1 --signing-key key.pem --issuer ISS
     python bench/run.py --loads-only      # orjson baseline only, no service needed
 """
 
@@ -208,7 +217,8 @@ def find_cartox() -> Path:
 class Server:
     """``cartox serve`` as a child process, always stopped on exit."""
 
-    def __init__(self, startup_timeout: float) -> None:
+    def __init__(self, startup_timeout: float, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.startup_timeout = startup_timeout
@@ -221,7 +231,7 @@ class Server:
         cmd = [str(find_cartox()), "serve", "--host", HOST, "--port", str(self.port)]
         # Own session: the server (and any workers it forks) form one process
         # group that we can clean up without touching anything else.
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         with requests.Session() as s:
@@ -297,6 +307,111 @@ def bench_http(server: Server, body: bytes, *, as_of: dt.datetime, requests_n: i
 
 
 # --------------------------------------------------------------------------
+# HTTP ratios: the 30-day call against the bare endpoint, and security on/off
+# --------------------------------------------------------------------------
+BENCH_ENV = {"CARTOX_BENCH_ENDPOINTS": "true"}
+TOKEN_LIFETIME_S = 60
+
+
+class TokenMinter:
+    """A fresh JWT per request (jti cannot repeat), signed as a CDS Client does (service.deployment_check)."""
+
+    def __init__(self, key_path: str, issuer: str) -> None:
+        load_pipeline()  # puts the working tree's `service` on sys.path when it is not installed
+        from service.deployment_check import Signer
+
+        self.signer = Signer(Path(key_path).read_bytes(), issuer)
+
+    def headers(self, url: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.signer.token(url)}"}
+
+
+def timed_post(session: Any, url: str, params: dict[str, str], body: bytes, headers: dict[str, str]) -> tuple[int, int]:
+    t0 = time.perf_counter_ns()
+    resp = session.post(url, params=params, data=body, headers=headers, timeout=120)
+    elapsed = time.perf_counter_ns() - t0
+    return elapsed, resp.status_code
+
+
+def latency_summary(samples_ns: Sequence[int], statuses: Sequence[int]) -> dict[str, Any]:
+    ms = [n / 1e6 for n in samples_ns]
+    bad = [code for code in statuses if code != 200]
+    return {"requests": len(ms), "errors": len(bad), "first_error": bad[0] if bad else None,
+            "p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 99), "min_ms": min(ms)}
+
+
+def bench_http_pair(server: Server, body: bytes, *, as_of: dt.datetime, requests_n: int, warmup: int,
+                    tokens: TokenMinter | None = None) -> dict[str, Any]:
+    """Interleaved POST /evaluate (cards) and POST /bench/loads of the same bytes on one keep-alive session."""
+    import requests
+
+    evaluate_url, loads_url = f"{server.base_url}/evaluate", f"{server.base_url}/bench/loads"
+    params = {"asOf": as_of.isoformat()}
+    base_headers = {"Content-Type": "application/fhir+json"}
+    samples: dict[str, list[int]] = {"evaluate": [], "loads": []}
+    statuses: dict[str, list[int]] = {"evaluate": [], "loads": []}
+    with requests.Session() as s:
+        s.trust_env = False
+        endpoints = [("evaluate", evaluate_url), ("loads", loads_url)]
+        for round_index in range(warmup + requests_n):
+            # alternate which goes first: neither always pays for the other's garbage
+            for name, url in endpoints if round_index % 2 == 0 else endpoints[::-1]:
+                headers = {**base_headers, **(tokens.headers(url) if tokens and name == "evaluate" else {})}
+                elapsed, status = timed_post(s, url, params if name == "evaluate" else {}, body, headers)
+                if round_index >= warmup:
+                    samples[name].append(elapsed)
+                    statuses[name].append(status)
+    evaluate = latency_summary(samples["evaluate"], statuses["evaluate"])
+    loads = latency_summary(samples["loads"], statuses["loads"])
+    return {"evaluate": evaluate, "loads": loads,
+            "ratio_p50": evaluate["p50_ms"] / loads["p50_ms"], "ratio_p99": evaluate["p99_ms"] / loads["p99_ms"]}
+
+
+def parse_env_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise BenchError(f"--secured-env expects NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
+
+
+def run_http_ratio(args: argparse.Namespace, body: bytes, as_of: dt.datetime) -> dict[str, Any]:
+    """Plain server: evaluate vs bare loads. Secured server (when asked): the same, with JWT and audit on."""
+    report: dict[str, Any] = {"bytes": len(body), "requests": args.ratio_requests}
+    with Server(args.startup_timeout, BENCH_ENV) as server:
+        report["plain"] = bench_http_pair(server, body, as_of=as_of, requests_n=args.ratio_requests, warmup=args.warmup)
+    if args.secured_env or args.signing_key:
+        tokens = TokenMinter(args.signing_key, args.issuer) if args.signing_key else None
+        with Server(args.startup_timeout, {**BENCH_ENV, **parse_env_pairs(args.secured_env)}) as server:
+            report["secured"] = bench_http_pair(server, body, as_of=as_of, requests_n=args.ratio_requests,
+                                                warmup=args.warmup, tokens=tokens)
+        plain, secured = report["plain"]["evaluate"], report["secured"]["evaluate"]
+        report["secured_over_plain_p50"] = secured["p50_ms"] / plain["p50_ms"]
+        report["secured_over_plain_p99"] = secured["p99_ms"] / plain["p99_ms"]
+    return report
+
+
+def print_ratio_report(ratio: dict[str, Any]) -> None:
+    print(f"HTTP, 30-day call (full, {ratio['bytes']:,} bytes, cards) vs bare orjson.loads endpoint, "
+          f"{ratio['requests']} interleaved requests each, sequential, {HOST}")
+    print(f"{'server':8} {'endpoint':13} | {'errors':>6} | {'p50 ms':>9} {'p99 ms':>9} {'min ms':>9}")
+    for server_name in ("plain", "secured"):
+        if server_name not in ratio:
+            continue
+        row = ratio[server_name]
+        for name, label in (("evaluate", "/evaluate"), ("loads", "/bench/loads")):
+            stats = row[name]
+            print(f"{server_name:8} {label:13} | {stats['errors']:>6} | {stats['p50_ms']:9.3f} {stats['p99_ms']:9.3f} "
+                  f"{stats['min_ms']:9.3f}")
+        print(f"{server_name:8} evaluate/loads: p50 {row['ratio_p50']:.2f}x  p99 {row['ratio_p99']:.2f}x")
+    if "secured_over_plain_p50" in ratio:
+        print(f"JWT and audit on / off (/evaluate): p50 {ratio['secured_over_plain_p50']:.2f}x  "
+              f"p99 {ratio['secured_over_plain_p99']:.2f}x")
+
+
+# --------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------
 def fmt_stats(s: dict[str, float]) -> str:
@@ -347,6 +462,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--http-budget", type=float, default=120.0,
                    help="total seconds for all HTTP requests, split evenly across variants (default 120)")
     p.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for /healthz")
+    p.add_argument("--http-ratio", action="store_true",
+                   help="HTTP only: the 30-day call vs the bare orjson.loads endpoint (and security on vs off)")
+    p.add_argument("--ratio-requests", type=int, default=100, help="timed requests per endpoint (default 100)")
+    p.add_argument("--secured-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="server settings of the 'JWT and audit on' run (repeatable); adds that run")
+    p.add_argument("--signing-key", metavar="PEM", help="private key to sign a JWT per request of the secured run")
+    p.add_argument("--issuer", help="iss of those JWTs (with --signing-key)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args(argv)
     if args.rounds < MIN_ROUNDS:
@@ -357,6 +479,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--variants must be among {VARIANTS}")
     if not set(args.formats) <= set(FORMATS):
         p.error(f"--formats must be among {FORMATS}")
+    if bool(args.signing_key) != bool(args.issuer):
+        p.error("--signing-key and --issuer go together")
+    if args.ratio_requests < 1:
+        p.error("--ratio-requests must be positive")
     if args.requests < 1 or args.http_budget <= 0 or args.warmup < 0:
         p.error("--requests and --http-budget must be positive, --warmup not negative")
     return args
@@ -369,6 +495,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # each variant is evaluated at its own time: pht100 at day 100, the others on day 5 during the CRS
     as_of_of = {v: gen.AS_OF_PHT if v == "pht100" else as_of for v in args.variants}
     # Generate and serialize once; every timed call sees the very same bytes.
+    if args.http_ratio:
+        try:
+            ratio = run_http_ratio(args, orjson.dumps(gen.generate_bundle(args.seed, "full")), as_of)
+        except BenchError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 2
+        print_ratio_report(ratio)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"http_ratio": ratio}, indent=2) + "\n")
+            print(f"\nwrote {args.json}")
+        return 0
     bodies = {v: orjson.dumps(gen.generate_bundle(args.seed, v)) for v in args.variants}
 
     evaluate: Evaluate | None = None

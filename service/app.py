@@ -8,8 +8,10 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.errors import CartoxError, InputError, Issue
-from service.http_api import audit, auth, cds_hooks, evaluate, feedback, health, prefetch
+from service.http_api import audit, auth, bench, cds_hooks, evaluate, feedback, health, openapi, prefetch
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT, outcome_response
+from service.observability.instrument import instrument
+from service.observability.logs import configure_logging
 from service.pipeline import Engine
 from service.security.config import security_config
 from service.security.replay import ReplayStore
@@ -37,14 +39,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
     with, and StorageError when the database cannot be used as it is (see service.storage)."""
     settings = settings or (engine.settings if engine else Settings.from_env())
     security = security_config(settings)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = Flask(__name__)
+    configure_logging(settings.log_level)
+    app = Flask(__name__, static_folder=None)  # no static files: no /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cartox.engine"] = engine or Engine(settings)
+    instrument(app)  # first: every request, even one refused by a later hook, gets its id and metrics
     app.extensions[prefetch.EXTENSION_KEY] = prefetch.init_app_client(settings, development=not security.production)
     app.extensions["cartox.storage"] = storage = storage or open_storage(settings)
-    for module in (audit, cds_hooks, evaluate, feedback, health):
+    for module in (audit, cds_hooks, evaluate, feedback, health, openapi):
         app.register_blueprint(module.blueprint)
+    if settings.bench_endpoints:
+        app.register_blueprint(bench.blueprint)
+    health.register_readiness_check(app, "rules", health.rules_loaded)
+    health.register_readiness_check(app, "database", storage.database.ping)
 
     @app.before_request
     def body_verdict() -> None:

@@ -65,6 +65,9 @@ def _configuration_error(message: str) -> NoReturn:
 def serve(host: str | None, port: int | None, workers: int, threads: int) -> None:
     """Start the HTTP service (README "Worker model"); rules are compiled before the first request."""
     engine = configured_engine()
+    from service.observability.multiproc import prepare_multiprocess_metrics
+
+    prepare_multiprocess_metrics()  # before the app imports prometheus_client: /metrics adds up all workers
     from service.app import create_app
     from service.server import BufferedWSGI, Server
     from service.storage import StorageError
@@ -79,7 +82,7 @@ def serve(host: str | None, port: int | None, workers: int, threads: int) -> Non
     application = BufferedWSGI(app, settings.max_body_bytes, settings.body_timeout_seconds, threads)
     mode = app.extensions["cartox.security"].mode
     click.echo(f"cartox listening on http://{settings.host}:{settings.port} ({mode} mode, rule set {engine.rules.version})", err=True)
-    Server(application, f"{settings.host}:{settings.port}", workers).run()
+    Server(application, f"{settings.host}:{settings.port}", workers, settings.log_level).run()
 
 
 def _storage_error(message: object) -> NoReturn:
@@ -263,3 +266,43 @@ def schema(directory: str | None) -> None:
     from service.rules_engine.load import rule_schema
 
     click.echo(orjson.dumps(rule_schema(Path(directory) if directory else rules_dir()), option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command()
+@click.option("--url", "base_url", required=True, help="Base URL of the deployed service, as its clients call it.")
+@click.option("--signing-key", type=click.File("rb"), default=None, help="PEM private key (EC P-384 or RSA) this client signs its JWTs with.")
+@click.option("--issuer", default=None, help="iss (and sub) of the JWTs: the client id the service trusts with that key.")
+@click.option("--key-id", default=None, help="kid of the JWT header (default: the key's RFC 7638 thumbprint).")
+@click.option("--api-key", default=None, help="API key for POST /evaluate (CDS Hooks calls then need --signing-key too).")
+@click.option("--api-key-header", default="X-API-Key", show_default=True, help="Header that carries --api-key.")
+@click.option("-k", "keyword", default=None, help="Only cases whose name contains this text.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds per HTTP call.")
+def check(base_url: str, signing_key: Any, issuer: str | None, key_id: str | None, api_key: str | None, api_key_header: str,
+          keyword: str | None, timeout: float) -> None:
+    """Run the shipped scenario pack (every rule case, as CDS Hooks requests and as Bundles) against a deployment.
+
+    Expected answers are computed here with this shell's CARTOX_* configuration: use the deployment's. The
+    evaluation time of each case is sent as asOf (a test-harness parameter the deployment must accept).
+    """
+    from service.deployment_check import CheckError, Credentials, Signer, results_lines, run_check, summary
+    from service.resources import rules_dir
+
+    if (signing_key is None) != (issuer is None):
+        raise click.UsageError("--signing-key and --issuer go together")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        _configuration_error(str(exc))
+    try:
+        signer = Signer(signing_key.read(), issuer, key_id) if signing_key is not None and issuer else None
+    except CheckError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def report(result: Any) -> None:
+        for line in results_lines(result):
+            click.echo(line)
+
+    results = run_check(base_url, Credentials(signer, api_key, api_key_header), rules_dir(), settings, keyword, timeout, report)
+    click.echo(summary(results, base_url))
+    failed = any(result.status == "FAIL" for result in results)
+    sys.exit(1 if failed or not any(result.status == "ok" for result in results[1:]) else 0)

@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
 from service.http_api.common import BODY_TIMED_OUT, BODY_TOO_LARGE, BODY_VERDICT
+from service.observability.logs import gunicorn_logconfig
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -169,10 +170,11 @@ class CartoxWorker(UvicornWorker):  # type: ignore[misc]
 class Server(BaseApplication):  # type: ignore[misc]
     """gunicorn with CartoxWorker, configured in code only (no gunicorn.conf.py, no GUNICORN_CMD_ARGS)."""
 
-    def __init__(self, application: BufferedWSGI, bind: str, workers: int) -> None:
+    def __init__(self, application: BufferedWSGI, bind: str, workers: int, log_level: str = "INFO") -> None:
         self.application = application
         self.bind = bind
         self.workers = workers
+        self.log_level = log_level
         super().__init__()
 
     def load_config(self) -> None:
@@ -181,7 +183,15 @@ class Server(BaseApplication):  # type: ignore[misc]
         self.cfg.set("worker_class", CartoxWorker)
         self.cfg.set("timeout", 60)  # the event loop beats the heartbeat, also while a thread evaluates
         self.cfg.set("graceful_timeout", 8)
-        self.cfg.set("accesslog", "-")
+        self.cfg.set("logconfig_dict", gunicorn_logconfig(self.log_level))
+        self.cfg.set("child_exit", _worker_exited)
 
     def load(self) -> BufferedWSGI:
         return self.application
+
+
+def _worker_exited(_server: Any, worker: Any) -> None:
+    """gunicorn child_exit hook (in the master): the dead worker's metric files stop counting as live."""
+    from service.observability.metrics import worker_exited
+
+    worker_exited(worker.pid)

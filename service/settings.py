@@ -74,6 +74,8 @@ class Settings:
     audit_key: str = field(default="", repr=False)  # HMAC key of the patient ids in the audit
     # The longest a request waits to hand its audit record to the background writer (full queue).
     audit_write_timeout_ms: int = 50
+    # bench/: POST /bench/loads, the floor of a JSON endpoint under the same server (never in production).
+    bench_endpoints: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

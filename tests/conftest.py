@@ -8,6 +8,8 @@
 - ``post_evaluate``: POST /evaluate with correctly URL-encoded query parameters.
 - ``find_empty``: every JSON path whose value is null or empty (CDS Hooks: no null or empty field).
 - ``outcome_issue``: assert an error response is an OperationOutcome with a stable code and location.
+- ``cds_conformance``: tests/conformance/cds_hooks.py; every CDS Hooks document a test client receives
+  (discovery, a service's cards, /evaluate's cards) is checked against it (``_cds_hooks_conformance``).
 
 Helpers are exposed as fixtures because the suite runs with ``--import-mode=importlib`` (test modules
 cannot import each other).
@@ -29,6 +31,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATOR_PATH = REPO_ROOT / "bench" / "generate.py"
+CONFORMANCE_PATH = Path(__file__).resolve().parent / "conformance" / "cds_hooks.py"
 
 #: The evaluation time the README uses: day 5 12:00 of the generated patient (same instant as AS_OF).
 AS_OF = "2026-03-07T12:00:00+01:00"
@@ -38,16 +41,23 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 
 
-def _load_generator() -> ModuleType:
-    name = "cartox_bench_generate"
+def _load_module(name: str, path: Path) -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, GENERATOR_PATH)
-    assert spec is not None and spec.loader is not None, f"cannot import {GENERATOR_PATH}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, f"cannot import {path}"
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_generator() -> ModuleType:
+    return _load_module("cartox_bench_generate", GENERATOR_PATH)
+
+
+def _conformance() -> ModuleType:
+    return _load_module("cartox_cds_conformance", CONFORMANCE_PATH)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,6 +98,41 @@ def app_factory(engine):
         return application
 
     return make
+
+
+def _conformance_client_class():
+    from flask.testing import FlaskClient
+
+    class ConformanceClient(FlaskClient):
+        """A test client that fails the test on any CDS Hooks response breaking CDS Hooks 2.0 (schema and invariants)."""
+
+        def open(self, *args: Any, **kwargs: Any):
+            response = super().open(*args, **kwargs)
+            request = response.request
+            kind = _conformance().document_kind(request.method, request.path, response.status_code, response.mimetype)
+            if kind is not None:
+                problems = _conformance().violations(orjson.loads(response.get_data()), kind)
+                assert not problems, f"{request.method} {request.path}: not a conformant CDS Hooks {kind}:\n" + "\n".join(problems[:20])
+            return response
+
+    return ConformanceClient
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cds_hooks_conformance():
+    """Every Flask test client of the session, whichever app made it, checks CDS Hooks conformance."""
+    from flask import Flask
+
+    previous = Flask.test_client_class
+    Flask.test_client_class = _conformance_client_class()
+    yield
+    Flask.test_client_class = previous
+
+
+@pytest.fixture(scope="session")
+def cds_conformance() -> ModuleType:
+    """tests/conformance/cds_hooks.py: ``cds_conformance.violations(document, "response")``."""
+    return _conformance()
 
 
 # --------------------------------------------------------------------------------------------------

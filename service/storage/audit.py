@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from service.observability.metrics import record_audit_failure
 from service.storage.database import Database
 from service.storage.tables import evaluation_cards, evaluations
 
@@ -47,6 +48,8 @@ def count_failures(count: int) -> None:
     global _failures
     with _failures_lock:
         _failures += count
+    for _ in range(count):  # the Prometheus counter, summed over the server's workers
+        record_audit_failure()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Operations edge: Prometheus metrics, structured JSON logs with a request id, readiness checks."""

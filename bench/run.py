@@ -218,9 +218,13 @@ class Server:
     """``cartox serve`` as a child process, always stopped on exit."""
 
     def __init__(self, startup_timeout: float, env: dict[str, str] | None = None) -> None:
-        self.env = env or {}
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
+        # "{base_url}" in a value is this server's URL (e.g. CARTOX_EXTERNAL_BASE_URLS, the aud of the JWTs); each
+        # server keeps its database in a directory of its own
+        self.data_dir = tempfile.TemporaryDirectory(prefix="cartox-bench-data-")
+        self.env = {"CARTOX_DATA_DIR": self.data_dir.name,
+                    **{name: value.replace("{base_url}", self.base_url) for name, value in (env or {}).items()}}
         self.startup_timeout = startup_timeout
         self.log = tempfile.NamedTemporaryFile(prefix="cartox-bench-", suffix=".log", delete=False)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -310,6 +314,8 @@ def bench_http(server: Server, body: bytes, *, as_of: dt.datetime, requests_n: i
 # HTTP ratios: the 30-day call against the bare endpoint, and security on/off
 # --------------------------------------------------------------------------
 BENCH_ENV = {"CARTOX_BENCH_ENDPOINTS": "true"}
+# the plain run: development mode (no JWT) and no audit; --secured-env switches them on for the second server
+PLAIN_ENV = {**BENCH_ENV, "CARTOX_AUDIT": "false"}
 TOKEN_LIFETIME_S = 60
 
 
@@ -380,7 +386,7 @@ def parse_env_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def run_http_ratio(args: argparse.Namespace, body: bytes, as_of: dt.datetime) -> dict[str, Any]:
     """Plain server: evaluate vs bare loads. Secured server (when asked): the same, with JWT and audit on."""
     report: dict[str, Any] = {"bytes": len(body), "requests": args.ratio_requests}
-    with Server(args.startup_timeout, BENCH_ENV) as server:
+    with Server(args.startup_timeout, PLAIN_ENV) as server:
         report["plain"] = bench_http_pair(server, body, as_of=as_of, requests_n=args.ratio_requests, warmup=args.warmup)
     if args.secured_env or args.signing_key:
         tokens = TokenMinter(args.signing_key, args.issuer) if args.signing_key else None

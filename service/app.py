@@ -39,6 +39,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
     with, and StorageError when the database cannot be used as it is (see service.storage)."""
     settings = settings or (engine.settings if engine else Settings.from_env())
     security = security_config(settings)
+    if security.production and settings.audit and not settings.audit_key:
+        # several instances must hash patient ids alike, and a key generated on one host is lost with it
+        raise ValueError("CARTOX_AUDIT_KEY: production mode needs the audit key (32 characters or more), the same on every instance")
     configure_logging(settings.log_level)
     app = Flask(__name__, static_folder=None)  # no static files: no /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

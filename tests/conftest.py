@@ -69,8 +69,9 @@ def engine(tmp_path_factory):
     from service.settings import Settings
 
     # Default settings, not the environment's: the suites assert the documented defaults. The audit and
-    # feedback database goes to a temporary directory, not the working directory's cartox-data.
-    return Engine(Settings(data_dir=str(tmp_path_factory.mktemp("cartox-data"))))
+    # feedback database goes to a temporary directory, not the working directory's cartox-data; the audit key is
+    # given, as production mode requires.
+    return Engine(Settings(data_dir=str(tmp_path_factory.mktemp("cartox-data")), audit_key="test-audit-key-" + "0" * 32))
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,8 @@ SECURITY_CONFIGURATIONS = [
     ("127.0.0.1", {"CARTOX_MODE": "production", "CARTOX_TRUSTED_ISSUERS": ISSUERS}, "CARTOX_EXTERNAL_BASE_URLS", ["aud"]),
     ("127.0.0.1", {"CARTOX_MODE": "production", "CARTOX_TRUSTED_ISSUERS": ISSUERS, "CARTOX_EXTERNAL_BASE_URLS": "https://cds.example.org",
                    "CARTOX_CORS_ORIGINS": "*"}, "CARTOX_CORS_ORIGINS", ["'*'"]),
+    ("127.0.0.1", {"CARTOX_MODE": "production", "CARTOX_API_KEYS": "a-long-enough-api-key-0123"}, "CARTOX_AUDIT_KEY",
+     ["production mode needs the audit key"]),
     ("127.0.0.1", {"CARTOX_MODE": "prod"}, "CARTOX_MODE", ["'prod'"]),
     ("127.0.0.1", {"CARTOX_TRUSTED_ISSUERS": "{oops"}, "CARTOX_TRUSTED_ISSUERS", ["not valid JSON"]),
     ("127.0.0.1", {"CARTOX_JWT_LEEWAY_SECONDS": "3600"}, "CARTOX_JWT_LEEWAY_SECONDS", ["0-300"]),

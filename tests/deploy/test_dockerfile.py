@@ -506,7 +506,7 @@ def test_image_install_cmd_and_healthcheck(dockerfile: list[Instruction], image_
                                            tmp_path: Path) -> None:
     stage = final_stage(dockerfile)
     # production mode (the image's ENV) needs credentials to accept: an API key for /evaluate
-    env = {**image_env(stage, image_venv), "CARTOX_API_KEYS": IMAGE_API_KEY}
+    env = {**image_env(stage, image_venv), "CARTOX_API_KEYS": IMAGE_API_KEY, "CARTOX_AUDIT_KEY": "image-test-audit-key-0123456789abcdef"}
 
     # the package is imported from the install (as in the image), not from the checkout
     where = subprocess.run([str(image_venv.bin / "python"), "-c", "import service; print(service.__file__)"],

@@ -63,6 +63,7 @@ class ProductionServer:
             "CARTOX_TRUSTED_ISSUERS": json.dumps({ISSUER: {"jwks_file": str(jwks_file)}}),
             "CARTOX_CORS_ORIGINS": ORIGIN,
             "CARTOX_API_KEYS": API_KEY,
+            "CARTOX_AUDIT_KEY": "production-test-audit-key-0123456789abcdef",
         })
         self.log_path = tmp_path / "serve.log"
         self._log = open(self.log_path, "wb")

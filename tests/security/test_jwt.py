@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import jwt
@@ -33,8 +34,6 @@ AS_OF = "2026-03-07T12:00:00+01:00"
 @pytest.fixture(scope="module")
 def app(production_app):
     application = production_app()
-    # the feedback route comes with the feedback feature; a stand-in shows that its path is protected too
-    application.add_url_rule(FEEDBACK, "feedback_stand_in", lambda: {"stored": True}, methods=["POST"])
     application.add_url_rule(CALLER_PROBE, "caller_probe", lambda: {"caller": repr(request.environ["cartox.caller"])})
     return application
 
@@ -77,8 +76,12 @@ def test_every_endpoint_answers_a_valid_jwt(client, mint, hook_request, small_bu
     order = client.post(ORDER_SERVICE, json=order_request(hook_request), headers=bearer(mint(ORDER_SERVICE, kid="rsa-1")))
     assert order.status_code == 200, order.get_data(as_text=True)[:500]
 
-    feedback = client.post(FEEDBACK, json={"feedback": []}, headers=bearer(mint(FEEDBACK)))
-    assert feedback.status_code == 200 and feedback.get_json() == {"stored": True}
+    card = service.get_json()["cards"][0]["uuid"] if service.get_json()["cards"] else str(uuid.uuid4())
+    dismissed = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-03-07T12:05:00+01:00"}]}
+    feedback = client.post(FEEDBACK, json=dismissed, headers=bearer(mint(FEEDBACK)))
+    assert feedback.status_code == 200, feedback.get_data(as_text=True)[:500]
+    assert feedback.get_json()["stored"] + feedback.get_json()["alreadyStored"] == 1
+    assert client.post(FEEDBACK, json=dismissed).status_code == 401  # feedback needs the JWT too
 
     evaluate = client.post(f"/evaluate?asOf={AS_OF.replace('+', '%2B')}", json=small_bundle,
                            headers=bearer(mint("/evaluate")), content_type="application/fhir+json")

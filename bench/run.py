@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import importlib.util
@@ -346,31 +347,42 @@ def latency_summary(samples_ns: Sequence[int], statuses: Sequence[int]) -> dict[
             "p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 99), "min_ms": min(ms)}
 
 
-def bench_http_pair(server: Server, body: bytes, *, as_of: dt.datetime, requests_n: int, warmup: int,
-                    tokens: TokenMinter | None = None) -> dict[str, Any]:
-    """Interleaved POST /evaluate (cards) and POST /bench/loads of the same bytes on one keep-alive session."""
+def bench_http_interleaved(targets: dict[str, tuple[Server, TokenMinter | None]], body: bytes, *, as_of: dt.datetime,
+                           requests_n: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """POST /evaluate (cards) and POST /bench/loads of the same bytes to every server (one keep-alive session
+    each), interleaved round by round, the first call of a round rotating: every endpoint meets the same machine
+    conditions, so the ratios between servers are as fair as those within one."""
     import requests
 
-    evaluate_url, loads_url = f"{server.base_url}/evaluate", f"{server.base_url}/bench/loads"
     params = {"asOf": as_of.isoformat()}
     base_headers = {"Content-Type": "application/fhir+json"}
-    samples: dict[str, list[int]] = {"evaluate": [], "loads": []}
-    statuses: dict[str, list[int]] = {"evaluate": [], "loads": []}
-    with requests.Session() as s:
-        s.trust_env = False
-        endpoints = [("evaluate", evaluate_url), ("loads", loads_url)]
+    calls = [(name, endpoint, f"{server.base_url}{path}", tokens)
+             for name, (server, tokens) in targets.items()
+             for endpoint, path in (("evaluate", "/evaluate"), ("loads", "/bench/loads"))]
+    samples: dict[tuple[str, str], list[int]] = {(name, endpoint): [] for name, endpoint, _, _ in calls}
+    statuses: dict[tuple[str, str], list[int]] = {key: [] for key in samples}
+    sessions = {name: requests.Session() for name in targets}
+    try:
+        for session in sessions.values():
+            session.trust_env = False
         for round_index in range(warmup + requests_n):
-            # alternate which goes first: neither always pays for the other's garbage
-            for name, url in endpoints if round_index % 2 == 0 else endpoints[::-1]:
-                headers = {**base_headers, **(tokens.headers(url) if tokens and name == "evaluate" else {})}
-                elapsed, status = timed_post(s, url, params if name == "evaluate" else {}, body, headers)
+            start = round_index % len(calls)
+            for name, endpoint, url, tokens in calls[start:] + calls[:start]:
+                headers = {**base_headers, **(tokens.headers(url) if tokens and endpoint == "evaluate" else {})}
+                elapsed, status = timed_post(sessions[name], url, params if endpoint == "evaluate" else {}, body, headers)
                 if round_index >= warmup:
-                    samples[name].append(elapsed)
-                    statuses[name].append(status)
-    evaluate = latency_summary(samples["evaluate"], statuses["evaluate"])
-    loads = latency_summary(samples["loads"], statuses["loads"])
-    return {"evaluate": evaluate, "loads": loads,
-            "ratio_p50": evaluate["p50_ms"] / loads["p50_ms"], "ratio_p99": evaluate["p99_ms"] / loads["p99_ms"]}
+                    samples[(name, endpoint)].append(elapsed)
+                    statuses[(name, endpoint)].append(status)
+    finally:
+        for session in sessions.values():
+            session.close()
+    report: dict[str, dict[str, Any]] = {}
+    for name in targets:
+        evaluate = latency_summary(samples[(name, "evaluate")], statuses[(name, "evaluate")])
+        loads = latency_summary(samples[(name, "loads")], statuses[(name, "loads")])
+        report[name] = {"evaluate": evaluate, "loads": loads,
+                        "ratio_p50": evaluate["p50_ms"] / loads["p50_ms"], "ratio_p99": evaluate["p99_ms"] / loads["p99_ms"]}
+    return report
 
 
 def parse_env_pairs(pairs: Sequence[str]) -> dict[str, str]:
@@ -386,16 +398,18 @@ def parse_env_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def run_http_ratio(args: argparse.Namespace, body: bytes, as_of: dt.datetime) -> dict[str, Any]:
     """Plain server: evaluate vs bare loads. Secured server (when asked): the same, with JWT and audit on."""
     report: dict[str, Any] = {"bytes": len(body), "requests": args.ratio_requests}
-    with Server(args.startup_timeout, PLAIN_ENV) as server:
-        report["plain"] = bench_http_pair(server, body, as_of=as_of, requests_n=args.ratio_requests, warmup=args.warmup)
-    if args.secured_env or args.signing_key:
-        tokens = TokenMinter(args.signing_key, args.issuer) if args.signing_key else None
-        with Server(args.startup_timeout, {**BENCH_ENV, **parse_env_pairs(args.secured_env)}) as server:
-            report["secured"] = bench_http_pair(server, body, as_of=as_of, requests_n=args.ratio_requests,
-                                                warmup=args.warmup, tokens=tokens)
-        plain, secured = report["plain"]["evaluate"], report["secured"]["evaluate"]
-        report["secured_over_plain_p50"] = secured["p50_ms"] / plain["p50_ms"]
-        report["secured_over_plain_p99"] = secured["p99_ms"] / plain["p99_ms"]
+    secured = bool(args.secured_env or args.signing_key)
+    tokens = TokenMinter(args.signing_key, args.issuer) if args.signing_key else None
+    with contextlib.ExitStack() as servers:
+        targets = {"plain": (servers.enter_context(Server(args.startup_timeout, PLAIN_ENV)), None)}
+        if secured:  # both servers up at once: their calls interleave
+            secured_env = {**BENCH_ENV, **parse_env_pairs(args.secured_env)}
+            targets["secured"] = (servers.enter_context(Server(args.startup_timeout, secured_env)), tokens)
+        report.update(bench_http_interleaved(targets, body, as_of=as_of, requests_n=args.ratio_requests, warmup=args.warmup))
+    if secured:
+        plain, secured_run = report["plain"]["evaluate"], report["secured"]["evaluate"]
+        report["secured_over_plain_p50"] = secured_run["p50_ms"] / plain["p50_ms"]
+        report["secured_over_plain_p99"] = secured_run["p99_ms"] / plain["p99_ms"]
     return report
 
 

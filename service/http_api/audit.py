@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -59,7 +58,7 @@ def audit_evaluation(service_id: str, body: bytes, outcome: Outcome, cards: Sequ
             guideline=engine().check_guideline(request.args.get("guideline")),
             as_of=outcome.timeline.as_of,
             patient_hash=patient_hash(store.audit_key, patient),
-            input_sha256=hashlib.sha256(body).hexdigest(),
+            body=body,
             output_ids=list(output_ids),
             findings=[finding_summary(finding) for finding in outcome.evaluation.findings],
             cards=card_summaries(cards),

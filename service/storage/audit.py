@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ log = logging.getLogger("cartox.audit")
 
 QUEUE_SIZE = 1024
 _BATCH = 64  # records written per transaction when the writer is behind
+# A queued record holds its request body until the writer hashes it: past this many waiting records a new one is
+# hashed before it is queued, so that a stalled writer never holds more than a few bodies.
+_BODIES_QUEUED = 4
 _FLUSH_AT_EXIT_SECONDS = 2.0
 AUDIT_KEY_FILE = "audit.key"
 
@@ -62,11 +65,16 @@ class AuditRecord:
     guideline: str
     as_of: datetime
     patient_hash: str | None
-    input_sha256: str
+    body: bytes  # the request body: its SHA-256 is taken by the writer thread, off the request's path
     output_ids: list[str]
     findings: list[dict[str, Any]]
     cards: list[dict[str, str]]  # uuid, rule, title, indicator
     duration_ms: float
+    digest: str | None = None  # the body's SHA-256 when taken before queueing
+
+
+def input_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def patient_hash(key: bytes, patient_reference: str | None) -> str | None:
@@ -148,6 +156,8 @@ class AuditWriter:
     def submit(self, record: AuditRecord) -> bool:
         """Queue the record within the bound; False (logged, counted) when the queue stayed full."""
         records = self._started()
+        if records.qsize() >= _BODIES_QUEUED:
+            record = replace(record, body=b"", digest=input_digest(record.body))
         try:
             records.put(record, timeout=self.timeout_seconds)
             return True
@@ -207,7 +217,7 @@ def write_records(database: Database, records: Sequence[AuditRecord]) -> None:
                 created_at=record.created_at, request_id=record.request_id, service_id=record.service_id,
                 hook_instance=record.hook_instance, rule_set_version=record.rule_set_version, guideline=record.guideline,
                 as_of=record.as_of.astimezone(timezone.utc), patient_hash=record.patient_hash,
-                input_sha256=record.input_sha256, output_ids=record.output_ids, findings=record.findings,
+                input_sha256=record.digest or input_digest(record.body), output_ids=record.output_ids, findings=record.findings,
                 duration_ms=record.duration_ms,
             )).inserted_primary_key[0]
             if record.cards:

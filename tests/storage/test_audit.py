@@ -122,7 +122,7 @@ def test_a_refused_request_is_not_audited(storage_app):
 
 def _record(request_id: str) -> AuditRecord:
     moment = datetime.now(timezone.utc)
-    return AuditRecord(moment, request_id, "evaluate", None, "v", "seed-S004", moment, None, "0" * 64, [], [], [], 1.0)
+    return AuditRecord(moment, request_id, "evaluate", None, "v", "seed-S004", moment, None, b"{}", [], [], [], 1.0)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -27,7 +27,12 @@ HOOK = "patient-view"
 ORDER_SERVICE_ID = "car-t-glucocorticoid-order-check"
 ORDER_HOOK = "order-sign"
 REQUIRED_PREFETCH = ("patient", "observations", "medicationAdministrations", "conditions")
-SEARCHSET_PREFETCH = REQUIRED_PREFETCH[1:]
+# Asked for, fetched from fhirServer when missing and allowed, else evaluated without (the regimen says what it
+# could not check): EHRs configured for the four required keys keep working.
+OPTIONAL_PREFETCH = ("procedures",)
+SEARCHSET_PREFETCH = REQUIRED_PREFETCH[1:] + OPTIONAL_PREFETCH
+USAGE = ("The patient, observations, medicationAdministrations and conditions prefetch keys are required; procedures "
+         "(transfusions, transplant, radiotherapy) is optional. A null value means the EHR has no data.")
 
 blueprint = Blueprint("cds_hooks", __name__)
 
@@ -49,16 +54,21 @@ def prefetch_templates(service: Engine) -> dict[str, str]:
     some rule observes; a panel is asked for when its components carry one of them), so that nothing fetched
     is then ignored. Administrations: every one, whatever its code (medications are also matched by name,
     which a code search cannot express), with the Medications they reference. Conditions: the clinical
-    findings the rules read (e.g. a seizure recorded as a Condition)."""
+    findings the rules read (e.g. a seizure recorded as a Condition). Procedures (optional): those the rules read
+    (transfusions, stem cell transplant, radiotherapy)."""
     terms = service.rules.input_terminology
     codes = sorted(f"{system}|{code}" for system, code in terms.observation_codes())
     findings = sorted(f"{system}|{code}" for system, code in terms.finding_by_code)
-    return {
+    procedures = sorted(f"{system}|{code}" for system, code in terms.procedure_by_code)
+    templates = {
         "patient": "Patient/{{context.patientId}}",
         "observations": "Observation?patient={{context.patientId}}&code=" + ",".join(codes),
         "medicationAdministrations": "MedicationAdministration?patient={{context.patientId}}&_include=MedicationAdministration:medication",
         "conditions": "Condition?patient={{context.patientId}}&code=" + ",".join(findings),
     }
+    if procedures:
+        templates["procedures"] = "Procedure?patient={{context.patientId}}&code=" + ",".join(procedures)
+    return templates
 
 
 @blueprint.get("/cds-services")
@@ -68,14 +78,15 @@ def discovery() -> Response:
         "services": [{
             "hook": HOOK,
             "id": SERVICE_ID,
-            "title": "CAR-T cell therapy toxicity (ASTCT 2019 CRS and ICANS grades and management)",
+            "title": "CAR-T cell therapy toxicity (CRS, ICANS, cytopenias, ICAHT and the PHT prednisone regimen)",
             "description": (
-                "Grades cytokine release syndrome and immune effector cell-associated neurotoxicity syndrome by ASTCT 2019 "
-                "from vital signs, oxygen support, neurological assessments, findings and medication administrations, and "
-                "proposes one plan with the guideline's next steps (" + ", ".join(service.rules.guideline_ids) + ")."
+                "Grades cytokine release syndrome and immune effector cell-associated neurotoxicity syndrome by ASTCT 2019, "
+                "the cytopenias by CTCAE v5.0 and hematotoxicity by EHA/EBMT ICAHT, follows the low-dose prednisone regimen "
+                "for prolonged hematologic toxicity, and proposes one plan with the guidelines' next steps ("
+                + ", ".join(service.rules.guideline_ids) + ")."
             ),
             "prefetch": prefetch_templates(service),
-            "usageRequirements": "All four prefetch keys are required; a null value means the EHR has no data.",
+            "usageRequirements": USAGE,
         }, {
             "hook": ORDER_HOOK,
             "id": ORDER_SERVICE_ID,
@@ -86,7 +97,7 @@ def discovery() -> Response:
                 "the plan's regimen, and checks tocilizumab orders against the label dose and limits."
             ),
             "prefetch": prefetch_templates(service),
-            "usageRequirements": "All four prefetch keys are required; a null value means the EHR has no data.",
+            "usageRequirements": USAGE,
         }]
     })
 
@@ -132,6 +143,8 @@ def prefetched_entries(prefetch: dict[str, msgspec.Raw]) -> tuple[list[SourcedEn
         entries.append(SourcedEntry("prefetch.patient", None, patient))
     orphans: list[Partial] = []
     for key in SEARCHSET_PREFETCH:
+        if key in OPTIONAL_PREFETCH and key not in prefetch:
+            continue
         raw = bytes(prefetch[key])
         if raw.strip() == b"null":
             continue
@@ -153,7 +166,7 @@ def _evaluate_hook(hook_request: HookRequest) -> Outcome:
     patient_id = hook_request.context["patientId"]  # type: ignore[index]
     prefetch = complete_prefetch(hook_request.prefetch or {}, prefetch_templates(engine()), SEARCHSET_PREFETCH,
                                  hook_request.fhirServer, hook_request.fhirAuthorization, hook_request.context or {},
-                                 verified_callers())
+                                 verified_callers(), OPTIONAL_PREFETCH)
     entries, ignored = prefetched_entries(prefetch)
     infusion, date_only = infusion_parameter()
     options = RequestOptions(as_of_parameter(), request.args.get("guideline"), infusion, date_only)

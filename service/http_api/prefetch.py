@@ -70,9 +70,12 @@ def complete_prefetch(
     fhir_authorization: Any,
     context: dict[str, Any],
     callers: Iterable[str | None],
+    optional: Iterable[str] = (),
 ) -> dict[str, msgspec.Raw]:
     """The prefetch with every missing key of `templates` fetched and paged searchsets completed; raises a
-    412 InputError naming each required key that is still unavailable, and why."""
+    412 InputError naming each required key that is still unavailable, and why. An `optional` key that cannot
+    be fetched is left out (logged)."""
+    optional = frozenset(optional)
     missing = [key for key in templates if key not in prefetch]
     paged = [key for key in searchset_keys if key in prefetch and _has_next_link(prefetch[key])]
     if not missing and not paged:
@@ -81,7 +84,8 @@ def complete_prefetch(
     if not fhir_server or not policy.allows(fhir_server, callers):
         if fhir_server:
             log.warning("prefetch fallback refused: fhirServer %s is not on the allow-list of this caller", _origin_text(fhir_server))
-        if not missing:  # only paged searchsets: used as sent, reported as partial
+        missing = [key for key in missing if key not in optional]
+        if not missing:  # only optional keys or paged searchsets: used as sent, reported as partial
             return prefetch
         if not fhir_server:
             raise _unavailable(missing, "prefetch-missing", "required", "the request has no fhirServer to fetch it from")
@@ -92,6 +96,8 @@ def complete_prefetch(
     jobs |= {key: partial(_complete, call, prefetch[key]) for key in paged}
     results = call.gather(jobs)
     failed = {key: result for key, result in results.items() if isinstance(result, FetchFailure) and key in missing}
+    for key in [key for key in failed if key in optional]:
+        log.warning("optional prefetch %r not fetched: %s", key, failed.pop(key).reason)
     if failed:
         for key, failure in failed.items():
             log.warning("prefetch fallback for %r failed: %s", key, failure.reason)

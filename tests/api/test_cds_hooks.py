@@ -104,7 +104,12 @@ def test_discovery(client, find_empty):
     assert service["hook"] == "patient-view"
     assert service["title"] and service["description"]
     prefetch = service["prefetch"]
-    assert set(prefetch) == {"patient", "observations", "medicationAdministrations", "conditions"}
+    assert set(prefetch) == {"patient", "observations", "medicationAdministrations", "conditions", "procedures"}
+    assert "procedures" in service["usageRequirements"] and "optional" in service["usageRequirements"]
+    # the Procedures the PHT regimen reads (transfusions, transplant, radiotherapy, chemotherapy), optional
+    procedure_codes = set(prefetch["procedures"].split("&code=", 1)[1].split(","))
+    assert {"http://snomed.info/sct|116859006", "http://snomed.info/sct|234336002"} <= procedure_codes
+    assert "http://snomed.info/sct|54550000" not in procedure_codes  # the EEG: no rule reads it
     # the SNOMED CT findings ICANS reads (seizure, cerebral oedema, optic disc oedema), as Conditions
     assert prefetch["conditions"].startswith("Condition?patient={{context.patientId}}&code=")
     finding_codes = set(prefetch["conditions"].split("&code=", 1)[1].split(","))

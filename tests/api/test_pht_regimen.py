@@ -184,3 +184,29 @@ def test_the_benchmark_100_day_patient_follows_the_regimen(post_evaluate, pht100
     assert not any(n["text"].startswith("prednisone given") for n in ra["note"])  # no deviation from the plan
     if dose is not None:
         assert _prednisone(_resource(bundle, "CarePlan"))["dailyAmount"]["value"] == dose
+
+
+def test_cds_hooks_reads_an_exclusion_from_the_optional_procedures_prefetch(client, course):
+    """A stem cell transplant on day 70 sent as the optional `procedures` prefetch: excluded, no prednisone."""
+    resources = [e["resource"] for e in course["entry"]]
+    transplant = {"resourceType": "Procedure", "id": "hsct", "status": "completed", "subject": {"reference": "Patient/case-patient"},
+                  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "234336002"}]}, "performedDateTime": _at(70, "10:00")}
+
+    def searchset(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in items]}
+
+    request = {
+        "hook": "patient-view", "hookInstance": "5f1c2a9e-3b7d-4c1e-8f2a-6d9b0e4c7a21", "fhirServer": "https://ehr.example.org/fhir",
+        "context": {"userId": "Practitioner/p", "patientId": "case-patient"},
+        "prefetch": {"patient": resources[0], "conditions": searchset([]), "procedures": searchset([transplant]),
+                     "observations": searchset([r for r in resources if r["resourceType"] == "Observation"]),
+                     "medicationAdministrations": searchset([r for r in resources if r["resourceType"] == "MedicationAdministration"])},
+    }
+    response = client.post(f"/cds-services/car-t-toxicity?asOf={_at(80).replace('+', '%2B')}", data=orjson.dumps(request),
+                           content_type="application/json")
+    assert response.status_code == 200, response.get_data(as_text=True)[:400]
+    card = _regimen(orjson.loads(response.get_data())["cards"])
+    ra = card["suggestions"][0]["actions"][0]["resource"]
+    assert ra["prediction"][0]["outcome"]["coding"][0]["code"] == "excluded"
+    assert {"reference": "Procedure/hsct"} in ra["basis"]
+    assert "day 70" in card["summary"]

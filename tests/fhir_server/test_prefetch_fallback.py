@@ -19,7 +19,8 @@ import requests
 
 AS_OF = "2026-03-07T12:00:00+01:00"
 SERVICE = "/cds-services/car-t-toxicity"
-KEYS = ("patient", "observations", "medicationAdministrations", "conditions")
+KEYS = ("patient", "observations", "medicationAdministrations", "conditions")  # required
+OPTIONAL = ("procedures",)  # fetched when missing; left out when that fails
 # Time a 412 may take beyond the budget: the test client, the evaluation of nothing, a loaded CI machine.
 MARGIN_SECONDS = 1.0
 
@@ -38,7 +39,7 @@ def _full_prefetch(bundle: dict[str, Any]) -> dict[str, Any]:
     (patient,) = by_type["Patient"]
     return {"patient": patient, "observations": _searchset(by_type["Observation"]),
             "medicationAdministrations": _searchset(by_type["MedicationAdministration"]),
-            "conditions": _searchset(by_type.get("Condition", []))}
+            "conditions": _searchset(by_type.get("Condition", [])), "procedures": _searchset(by_type.get("Procedure", []))}
 
 
 def _hook_request(fhir_server: str | None, prefetch: dict[str, Any] | None = None, token: str | None = None,
@@ -131,7 +132,7 @@ def test_cards_without_prefetch_equal_cards_with_full_prefetch(client, server, e
     assert "RiskAssessment" in suggested and "CarePlan" in suggested
     received = sorted(server.requests_received(), key=lambda r: r["url"])
     assert [r["url"].split("?")[0] for r in received] == [
-        "/fhir/Condition", "/fhir/MedicationAdministration", "/fhir/Observation", "/fhir/Patient/pat-bench"]
+        "/fhir/Condition", "/fhir/MedicationAdministration", "/fhir/Observation", "/fhir/Patient/pat-bench", "/fhir/Procedure"]
     assert all(r["authorization"] is None for r in received), "no fhirAuthorization: no Authorization header"
     assert "_include=MedicationAdministration:medication" in received[1]["url"]
 
@@ -152,8 +153,8 @@ def test_partial_prefetch_is_merged(client, server, expected_cards, small_bundle
     assert cards == expected_cards
     fetched = {r["url"].split("?")[0].rsplit("/", 2)[-1 if "?" in r["url"] else -2] for r in server.requests_received()}
     resource_types = {"patient": "Patient", "observations": "Observation", "medicationAdministrations": "MedicationAdministration",
-                      "conditions": "Condition"}
-    assert fetched == {resource_types[key] for key in KEYS if key not in sent}
+                      "conditions": "Condition", "procedures": "Procedure"}
+    assert fetched == {resource_types[key] for key in KEYS + OPTIONAL if key not in sent}
 
 
 def test_null_prefetch_value_is_not_fetched(client, server):
@@ -200,7 +201,7 @@ def test_access_token_is_sent_as_bearer_to_fhir_server(client, server, expected_
     cards = _cards(_post(client, _hook_request(server.secured_base, token="cartox-test-token")))
     assert cards == expected_cards
     received = server.requests_received()
-    assert len(received) == 4 and {r["authorization"] for r in received} == {"Bearer cartox-test-token"}
+    assert len(received) == 5 and {r["authorization"] for r in received} == {"Bearer cartox-test-token"}  # 4 required, procedures
 
 
 def test_token_required_and_missing_is_412_saying_401(client, server, outcome_issue):
@@ -222,7 +223,7 @@ def test_next_link_to_another_origin_is_not_followed(client, server, small_bundl
         link["url"] = link["url"].replace("127.0.0.1", "localhost")
     full = _full_prefetch(small_bundle)
     server.clear_requests()
-    prefetch = {key: full[key] for key in ("patient", "medicationAdministrations", "conditions")} | {"observations": first_page}
+    prefetch = {key: full[key] for key in ("patient", "medicationAdministrations", "conditions", "procedures")} | {"observations": first_page}
     cards = _cards(_post(client, _hook_request(server.base, prefetch, token="cartox-test-token")))
     assert server.requests_received() == [], "nothing was asked of the other origin (nor of any)"
     assert _says_partial(cards)
@@ -393,7 +394,7 @@ def test_order_sign_service_fetches_too(client, server):
                            data=orjson.dumps(body), content_type="application/json")
     cards = _cards(response)
     assert cards and any("dexamethasone" in card["summary"].lower() for card in cards)
-    assert len(server.requests_received()) == 4
+    assert len(server.requests_received()) == 5  # the 4 required keys and the optional procedures
 
 
 @pytest.mark.parametrize("observations", [
@@ -474,3 +475,13 @@ def test_fhir_server_cookies_are_never_sent_back(fetching_app, recording_server,
         _cards(_post(client, _hook_request(recorder.base, full)))
     assert len(recorder.received) == 2
     assert all("Cookie" not in headers and "Authorization" not in headers for headers in recorder.received)
+
+
+def test_optional_procedures_unfetchable_are_left_out(client, server, expected_cards, small_bundle):
+    """The four required keys sent, fhirServer not allowed (no loopback): the call is answered without the
+    optional procedures, nothing is queried."""
+    full = _full_prefetch(small_bundle)
+    required = {key: full[key] for key in KEYS}
+    cards = _cards(_post(client, _hook_request("https://ehr.example.org/fhir", required)))
+    assert cards == expected_cards
+    assert server.requests_received() == []

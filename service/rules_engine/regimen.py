@@ -238,6 +238,8 @@ def _day_reached(spec: Mapping[str, Any], rule: "RegimenRule", c: Compiler) -> E
 def _cytopenia(spec: Mapping[str, Any], rule: "RegimenRule", c: Compiler) -> Evaluator:
     """Some lineage graded >= 1 now; with `after_first_of`, on counts recorded after the first support."""
     after = spec.get("after_first_of")
+    if after is not None:
+        rule.support_conditions.add(after)
 
     def evaluate(run: _Run, moment: datetime) -> Verdict:
         worst, facts = run.worst(moment)
@@ -288,12 +290,13 @@ def _given(spec: Mapping[str, Any], rule: "RegimenRule", c: Compiler) -> Evaluat
         found = rule.any_given(run.timeline, medications, procedures, start, moment)
         return bool(found), tuple(found[:3]), None
 
-    evaluate.items = (medications, procedures, start_of)  # type: ignore[attr-defined]
+    rule.given_sources[spec["_name"]] = (medications, procedures, start_of)
     return evaluate
 
 
 def _answer(spec: Mapping[str, Any], rule: "RegimenRule", c: Compiler) -> Evaluator:
     concept = c.coded_observation(spec["concept"])
+    rule.watched_coded.add(concept)
     answers = frozenset(spec["answers"])
     met_when_missing = spec.get("missing", "unknown") == "met"
 
@@ -480,6 +483,11 @@ class RegimenRule:
         self.timers: set[timedelta] = set()
         self.watched_medications: set[str] = {self.medication}
         self.watched_procedures: set[str] = set()
+        self.watched_coded: set[str] = set()
+        self.terminology = c.terms
+        # `given` conditions by name, what `cytopenia ... after_first_of` reads: (medications, procedures, start)
+        self.given_sources: dict[str, tuple[frozenset[str], frozenset[str], Callable[[_Run], datetime | None]]] = {}
+        self.support_conditions: set[str] = set()
         self.confounders: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         for name, spec in document["lineages"].items():
             if name not in self.reads:
@@ -506,7 +514,10 @@ class RegimenRule:
             if kind not in REGIMEN_CONDITIONS:
                 raise RulesError(self.rule_id, f"condition {name!r}: unknown type {kind!r}")
             self.condition_texts[name] = spec["text"]
-            self.conditions[name] = REGIMEN_CONDITIONS[kind](spec, self, c)
+            self.conditions[name] = REGIMEN_CONDITIONS[kind]({**spec, "_name": name}, self, c)
+        unknown = sorted(self.support_conditions - set(self.given_sources))
+        if unknown:
+            raise RulesError(self.rule_id, f"after_first_of names {unknown}, which are not conditions of type given")
         self.initial = document["initial"]
         states = document["states"]
         self.states = {code: self._state(code, spec, params) for code, spec in states.items()}
@@ -564,7 +575,7 @@ class RegimenRule:
         return sorted(found, key=lambda f: (f.time, f.source))  # the same order whatever the sets' order
 
     def first_given(self, run: _Run, condition: str, moment: datetime) -> datetime | None:
-        medications, procedures, start_of = self.conditions[condition].items  # type: ignore[attr-defined]
+        medications, procedures, start_of = self.given_sources[condition]
         start = start_of(run)
         if start is None:
             return None
@@ -616,8 +627,8 @@ class RegimenRule:
             moments.update(p.time for p in timeline.procedures.get(procedure, ()))
         for finding in self.excluding_findings:
             moments.update(f.time for f in timeline.findings.get(finding, ()))
-        for concept in timeline.coded:
-            moments.update(v.time for v in timeline.coded[concept])
+        for concept in self.watched_coded:
+            moments.update(v.time for v in timeline.coded.get(concept, ()))
         for day in self.day_marks:
             start = _day_start(run, day)
             if start is not None:
@@ -711,11 +722,13 @@ class RegimenRule:
             warnings.append(deviation)
         if not self.exclusions_checked_by & timeline.resource_types:
             notes[self.words["exclusions_unchecked"]] = None
-        excluding = self.excluding_fact(run, as_of) if run.state == "excluded" or spec.code == "excluded" else None
+        excluding = self.excluding_fact(run, as_of)  # the words of the states that name it ({exclusion})
         exclusion = None
         if excluding is not None:
+            # the concept's words, never the sender's text: the summary is plain text
+            what = self.terminology.display(excluding.concept)
             day = run.day(excluding.time)
-            exclusion = f"{getattr(excluding, 'display', '') or 'exclusion'} (day {day})" if day is not None else excluding.display
+            exclusion = f"{what} (day {day})" if day is not None else what
         dose = run.dose if spec.prednisone else None
         mg_per_kg = run.mg_per_kg if spec.prednisone and run.dose is None else None
         evidence = tuple(dict.fromkeys(f for step in run.steps for f in step.evidence))
